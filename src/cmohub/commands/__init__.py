@@ -1,0 +1,1 @@
+"""Command groups of the ``cmohub`` CLI, one module per group (registered in cmohub.cli)."""
