@@ -1,0 +1,1 @@
+"""Loopback servers that speak each source's protocol, serving a generated sandbox program."""
