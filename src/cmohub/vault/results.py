@@ -1,0 +1,124 @@
+"""What the vault's operations return (no identifier values except in RevealedIdentity)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmohub.identifiers import Coi
+from cmohub.identity import SubjectIdentity
+from cmohub.vault.audit import Checkpoint
+from cmohub.vault.keys import KeyPurpose
+
+
+@dataclass(frozen=True, slots=True)
+class LinkageMismatch:
+    """A known identifier arrived with demographics that differ from those seen before."""
+
+    position: int  # index in the request batch
+    coi: Coi
+    fields: tuple[str, ...]  # which demographic fields differ (names only)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeResult:
+    """The detailed answer to a tokenize batch; ``cois`` is what ``tokenize_many`` returns."""
+
+    cois: list[Coi]
+    new: list[bool]  # True where this call allocated the COI
+    linkage_mismatches: list[LinkageMismatch]
+
+    @property
+    def new_count(self) -> int:
+        return len({c for c, n in zip(self.cois, self.new, strict=True) if n})
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentAssignment:
+    """A COI issued by the sponsor's enrollment system for one subject and therapy event."""
+
+    identity: SubjectIdentity
+    therapy_event: str
+    coi: Coi | str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollResult:
+    enrolled: int  # newly adopted
+    already: int  # the same assignment was already in the vault
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    moved: list[Coi]  # COIs of the retired identifier, now the survivor's
+    already_merged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RevealedIdentity:
+    """The result of a granted re-identification. Print it to a terminal, nowhere else."""
+
+    coi: Coi
+    identity: SubjectIdentity
+    therapy_event: str
+    origin: str
+    created_at: str
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawResult:
+    coi: Coi
+    already_withdrawn: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RotationResult:
+    purpose: KeyPurpose
+    from_version: int
+    to_version: int
+    rows: int  # COI rows re-indexed, or data keys re-wrapped
+    aliases: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    created: bool  # False: the vault was already initialized (nothing changed)
+    schema_before: str | None
+    schema: str
+    keys_created: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VaultStatus:
+    database: str
+    vault_id: str
+    schema: str
+    index_version: int
+    kek_version: int
+    audit_version: int
+    provider_versions: dict[str, list[int]]
+    cois_active: int
+    cois_withdrawn: int
+    cois_enrolled: int
+    rows_by_index_version: dict[int, int]
+    data_keys_by_kek_version: dict[int, int]
+    aliases: int
+    audit_events: int
+    last_checkpoint: Checkpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit event as read back (for reports)."""
+
+    seq: int
+    at: str
+    event: str
+    actor: str
+    role: str
+    feed: str | None
+    purpose: str | None
+    ticket: str | None
+    coi: str | None
+    outcome: str
+    details: str
