@@ -1,0 +1,1 @@
+"""Nightly reconciliation: rules over the joined canonical tables (pure)."""
