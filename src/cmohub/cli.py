@@ -34,6 +34,7 @@ GROUPS: dict[str, str] = {
     "pgp": "cmohub.commands.pgp",
     "cmo": "cmohub.commands.cmo",
     "clinical": "cmohub.commands.clinical",
+    "quarantine": "cmohub.commands.quarantine",
 }
 
 app = typer.Typer(

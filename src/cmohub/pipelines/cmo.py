@@ -292,7 +292,8 @@ class _Keys:
     recipient: SecretKey | None
 
 
-def _keys_for(config: CmoFeed, context: RunContext) -> _Keys:
+def keys_for(config: CmoFeed, context: RunContext) -> _Keys:
+    """The pinned sender's key and the hub's secret key, when the feed encrypts."""
     if not config.options.encrypted:
         return _Keys(None, None)
     keyring = Keyring.for_settings(context.settings)
@@ -338,7 +339,7 @@ def verify_deliveries(
     fetched = _read_report(context, feed, "fetch")
     lake = context.lake
     registry = registry or registry_for(context)
-    keys = _keys_for(config, context) if fetched["files"] else _Keys(None, None)
+    keys = keys_for(config, context) if fetched["files"] else _Keys(None, None)
     accepted: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = [
@@ -500,7 +501,9 @@ class _Batch:
 
 
 @dataclass
-class _Staging:
+class FileStaging:
+    """The mappings' batches of one run: files are added, then each mapping staged once."""
+
     context: RunContext
     port: IdentityPort
     ledger: RunLedger
@@ -539,6 +542,45 @@ class _Staging:
             stager.stage_table(key, table, upstream=batch.upstream)
             results.append(stager.finish())
         return results
+
+
+def open_raw(context: RunContext, config: CmoFeed, ref: RawRef, keys: _Keys) -> bytes:
+    """A kept file's plaintext, verified again before use (it must still match its hash)."""
+    data = context.lake.path(ref.relative_path).read_bytes()
+    plaintext, _ = _open(data, config, keys, context)
+    if sha256_hex(plaintext) != ref.sha256:
+        raise CryptoError(
+            "the raw file no longer matches what was verified",
+            code="CRYPTO_RAW_MISMATCH",
+            where=ref.relative_path,
+        )
+    return plaintext
+
+
+def read_file(
+    staging: FileStaging, mapping: str, sha256: str, plaintext: bytes, *, quarantine: bool = True
+) -> list[SourceRecord] | None:
+    """The file's records for ``mapping``, or None when it cannot read the file at all.
+
+    An unreadable file is quarantined whole (PARSE_*) under ``mapping`` when ``quarantine``.
+    """
+    spec = staging.batch(mapping).compiled.spec
+    try:
+        return list(read_records(spec.source, plaintext))
+    except MappingError as error:
+        if quarantine:
+            staging.reject_file(
+                mapping,
+                sha256,
+                QuarantineEntry(
+                    dataset=spec.dataset,
+                    source=SourceRef(sha256, "file"),
+                    reasons=(
+                        Reason(_parse_code(error, spec.source.format), f"mapping:{mapping}", None),
+                    ),
+                ),
+            )
+        return None
 
 
 def _parse_code(error: MappingError, source_format: str) -> str:
@@ -583,42 +625,20 @@ def _stage(
     feed = config.name
     lake = context.lake
     ledger = RunLedger(task=f"{feed}.stage")
-    keys = _keys_for(config, context) if verified["accepted"] else _Keys(None, None)
-    staging = _Staging(context, port, ledger) if port is not None else None
+    keys = keys_for(config, context) if verified["accepted"] else _Keys(None, None)
+    staging = FileStaging(context, port, ledger) if port is not None else None
     with _feed_lock(context, feed, "stage"):
         for item in sorted(verified["accepted"], key=lambda i: i["path"]):
             assert staging is not None
             ref = RawRef(item["sha256"], 0, feed, bool(item["encrypted"]))
-            data = lake.path(ref.relative_path).read_bytes()
-            plaintext, _ = _open(data, config, keys, context)  # verified again before use
-            if sha256_hex(plaintext) != item["sha256"]:
-                raise CryptoError(
-                    "the raw file no longer matches what was verified",
-                    code="CRYPTO_RAW_MISMATCH",
-                    where=item["raw"],
-                )
+            plaintext = open_raw(context, config, ref, keys)
             parse_failed = False
             for mapping in item["routes"]:
-                spec = staging.batch(mapping).compiled.spec
-                try:
-                    records = list(read_records(spec.source, plaintext))
-                except MappingError as error:
-                    if not parse_failed:  # one file, one quarantined "record", whatever reads it
-                        staging.reject_file(
-                            mapping,
-                            item["sha256"],
-                            QuarantineEntry(
-                                dataset=spec.dataset,
-                                source=SourceRef(item["sha256"], "file"),
-                                reasons=(
-                                    Reason(
-                                        _parse_code(error, spec.source.format),
-                                        f"mapping:{mapping}",
-                                        None,
-                                    ),
-                                ),
-                            ),
-                        )
+                # One file, one quarantined "record", whatever mapping fails to read it.
+                records = read_file(
+                    staging, mapping, item["sha256"], plaintext, quarantine=not parse_failed
+                )
+                if records is None:
                     parse_failed = True
                     continue
                 staging.add(mapping, item["sha256"], records)

@@ -1,0 +1,436 @@
+"""Quarantined records: list them, and replay a run's through the feed's current mapping.
+
+A data engineer fixes the cause of a quarantine (a mapping, a vault enrollment) and replays::
+
+    runs = list_quarantine(lake, feed="cmo-acme-batches")          # per feed and run, by code
+    result = replay_quarantine(settings, feed="cmo-acme-batches", run_id="scheduled__...")
+
+Replay reads the run's quarantine file (``quarantine/<feed>/date=<day>/run=<run>/``), takes
+each record back from the raw payload its line references (``source_sha256`` +
+``source_locator``) and stages those records with the feed's pipeline code — the mapping and
+contract in force now — under a new run ``replay-<run>-<n>``, in the original run's day
+partition. Records that pass are staged; those that still fail are quarantined again, with
+their reasons, under the replay run. The replay writes its own ledger
+(``runs/replay-<run>-<n>/replay.<feed>.json``; received = valid + quarantined), last.
+
+Idempotence: replays of one run form a chain. Replay ``n + 1`` reads the quarantine of
+replay ``n`` (the records still failing), never the original again, so a record staged by a
+replay is not staged twice; when replay ``n`` left nothing quarantined there is nothing to do.
+A replay that stopped before its ledger was written is redone under the same run ID, and its
+parts (named by the payloads' SHA-256) are rewritten, not added.
+
+Supported: CMO feeds (files kept as received under ``raw/<cmo feed>/``, verified again
+before use). Clinical and logistics feeds are refused with REPLAY_UNSUPPORTED (clinical after
+checking that the payloads were kept at all: RAW_NOT_KEPT with ``CMOHUB_RAW_CLINICAL=none``).
+
+Nothing here prints or writes a value of a classified field: results carry counts, codes,
+run IDs, payload hashes, locators and lake paths.
+
+Error codes: QUARANTINE_NOT_FOUND, REPLAY_UNSUPPORTED, REPLAY_SOURCE_INVALID (ConfigError),
+RAW_NOT_KEPT (ConfigError), and those of the feed's pipeline (CRYPTO_*, VAULT_*).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
+from cmohub.errors import ConfigError
+from cmohub.identity import IdentityPort
+from cmohub.lake import Lake, RawRef
+from cmohub.pipelines.context import RunContext, safe_run_id, utc_now
+from cmohub.pipelines.ledger import RunLedger
+from cmohub.pipelines.locks import run_lock
+from cmohub.pipelines.stage import StageResult
+from cmohub.settings import RawClinicalPolicy, Settings
+from cmohub.sources.delivery import CmoFeed, load_cmo_feeds
+
+REPLAY_DAG = "quarantine_replay"
+#: A record a replay could not find in its payload any more (the reader changed its locators).
+RECORD_NOT_FOUND = "REPLAY_RECORD_NOT_FOUND"
+_REPLAY_RUN = re.compile(r"^replay-(?P<root>.+)-(?P<number>\d+)$")
+_QUARANTINE_FILE = re.compile(
+    r"^quarantine/(?P<feed>[^/]+)/date=(?P<day>\d{4}-\d{2}-\d{2})/run=(?P<run>[^/]+)/records\.jsonl$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuarantineRun:
+    """One feed's quarantine file of one run: how many records, by (first) reason code."""
+
+    feed: str
+    day: date
+    run_id: str
+    path: str  # lake-relative
+    records: int
+    codes: dict[str, int]
+
+    @property
+    def replay_of(self) -> str | None:
+        """The run this one replayed (None for an ingest run)."""
+        match = _REPLAY_RUN.fullmatch(self.run_id)
+        return match.group("root") if match else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feed": self.feed,
+            "date": self.day.isoformat(),
+            "run_id": self.run_id,
+            "replay_of": self.replay_of,
+            "path": self.path,
+            "records": self.records,
+            "codes": dict(sorted(self.codes.items())),
+        }
+
+
+def read_quarantine_file(lake: Lake, relative: str) -> list[dict[str, Any]]:
+    """The lines of one quarantine file (JSON Lines)."""
+    text = lake.path(relative).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def list_quarantine(
+    lake: Lake, *, feed: str | None = None, since: date | None = None
+) -> list[QuarantineRun]:
+    """Every quarantine file (of ``feed``; of days from ``since``), by feed, day and run."""
+    base = f"quarantine/{feed}" if feed else "quarantine"
+    found: list[QuarantineRun] = []
+    for path in lake.iter_files(base, "**/records.jsonl"):
+        relative = str(path.relative_to(lake.root))
+        match = _QUARANTINE_FILE.fullmatch(relative)
+        if match is None:
+            continue
+        day = date.fromisoformat(match.group("day"))
+        if since is not None and day < since:
+            continue
+        codes: dict[str, int] = {}
+        lines = read_quarantine_file(lake, relative)
+        for line in lines:
+            code = str(line.get("code") or "INPUT_INVALID")
+            codes[code] = codes.get(code, 0) + 1
+        found.append(
+            QuarantineRun(match.group("feed"), day, match.group("run"), relative, len(lines), codes)
+        )
+    return sorted(found, key=_chain_order)
+
+
+def _chain_order(run: QuarantineRun) -> tuple[str, date, str, int]:
+    """A run, then its replays in order."""
+    match = _REPLAY_RUN.fullmatch(run.run_id)
+    if match is None:
+        return run.feed, run.day, run.run_id, 0
+    return run.feed, run.day, match.group("root"), int(match.group("number"))
+
+
+# --- replay: which run, under which ID ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay reads and where it writes."""
+
+    feed: str
+    root_run: str  # the ingest run whose records are replayed
+    day: date
+    source_run: str  # the run whose quarantine is read: the root, or the latest replay
+    source: str | None  # its quarantine file (None: the latest replay left nothing)
+    run_id: str  # the replay's run ID
+
+
+def _ledger_name(feed: str) -> str:
+    return f"replay.{feed}"
+
+
+def _quarantine_of(lake: Lake, feed: str, run_id: str) -> tuple[date, str] | None:
+    """The day and lake path of ``feed``'s quarantine file of ``run_id``, when there is one."""
+    for path in lake.iter_files(f"quarantine/{feed}", f"date=*/run={run_id}/records.jsonl"):
+        relative = str(path.relative_to(lake.root))
+        match = _QUARANTINE_FILE.fullmatch(relative)
+        if match is not None:
+            return date.fromisoformat(match.group("day")), relative
+    return None
+
+
+def plan_replay(lake: Lake, *, feed: str, run_id: str) -> ReplayPlan:
+    """Find the run's quarantine and the next replay's run ID (see the chain in the module doc)."""
+    match = _REPLAY_RUN.fullmatch(run_id)
+    root = safe_run_id(match.group("root") if match else run_id)
+    original = _quarantine_of(lake, feed, root)
+    if original is None:
+        raise ConfigError(
+            f"feed {feed} has no quarantined records in run {root}: "
+            f"see 'cmohub quarantine list --feed {feed}'",
+            code="QUARANTINE_NOT_FOUND",
+            where=f"quarantine/{feed}",
+        )
+    day, path = original
+    done = 0
+    while (lake.run_dir(f"replay-{root}-{done + 1}") / f"{_ledger_name(feed)}.json").exists():
+        done += 1
+    if done == 0:
+        return ReplayPlan(feed, root, day, root, path, f"replay-{root}-1")
+    latest = f"replay-{root}-{done}"
+    remaining = _quarantine_of(lake, feed, latest)
+    return ReplayPlan(
+        feed, root, day, latest, remaining[1] if remaining else None, f"replay-{root}-{done + 1}"
+    )
+
+
+def _interval(lake: Lake, root: str, day: date) -> tuple[datetime, datetime]:
+    """The original run's interval (from any of its ledgers), else its partition day."""
+    for path in lake.iter_files(f"runs/{root}", "*.json"):
+        data = lake.read_json(path)
+        if isinstance(data, dict) and "interval_start" in data and "counts" in data:
+            return (
+                datetime.fromisoformat(data["interval_start"]),
+                datetime.fromisoformat(data["interval_end"]),
+            )
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """What one replay did (small, JSON-ready; counts and paths only)."""
+
+    feed: str
+    kind: str
+    replay_of: str
+    read_from: str  # the run whose quarantine was replayed
+    run_id: str | None  # None when nothing was left to replay
+    day: date
+    received: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    quarantine_codes: dict[str, int] = field(default_factory=dict)
+    payloads: int = 0
+    parts: list[str] = field(default_factory=list)
+    quarantine: str | None = None
+    reports: list[str] = field(default_factory=list)
+    ledger: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feed": self.feed,
+            "kind": self.kind,
+            "replay_of": self.replay_of,
+            "read_from": self.read_from,
+            "run_id": self.run_id,
+            "date": self.day.isoformat(),
+            "received": self.received,
+            "valid": self.valid,
+            "quarantined": self.quarantined,
+            "quarantine_codes": dict(sorted(self.quarantine_codes.items())),
+            "payloads": self.payloads,
+            "parts": self.parts,
+            "quarantine": self.quarantine,
+            "reports": self.reports,
+            "ledger": self.ledger,
+        }
+
+
+def feed_kind(feed: str) -> tuple[str, CmoFeed | None]:
+    """``("cmo", its CMO feed)``, ``("clinical", None)``, ``("logistics", None)`` or other."""
+    for config in load_cmo_feeds().values():
+        if any(route.mapping == feed for route in config.routes):
+            return "cmo", config
+    for kind in ("clinical", "logistics", "master"):
+        if feed.startswith(kind):
+            return kind, None
+    return "unknown", None
+
+
+def _by_payload(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        sha = line.get("source_sha256")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise ConfigError(
+                "a quarantined record names no raw payload (source_sha256): it cannot be replayed",
+                code="REPLAY_SOURCE_INVALID",
+                where=f"{line.get('source_locator')}",
+            )
+        grouped.setdefault(sha, []).append(line)
+    return grouped
+
+
+def _entry_key(line: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    key = line.get("key") or {}
+    return tuple(sorted(key.items())) if isinstance(key, dict) else ()
+
+
+def _cmo_raw_refs(lake: Lake, config: CmoFeed, payloads: list[str]) -> dict[str, RawRef]:
+    """Where each file is kept; RAW_NOT_KEPT before anything is opened or written."""
+    refs = {}
+    for sha in sorted(payloads):
+        ref = RawRef(sha, 0, config.name, config.options.encrypted)
+        if not lake.path(ref.relative_path).exists():
+            raise ConfigError(
+                "the file these records came from is not kept in the lake: they cannot be "
+                "replayed (was the lake moved or raw/ pruned?)",
+                code="RAW_NOT_KEPT",
+                where=ref.relative_path,
+            )
+        refs[sha] = ref
+    return refs
+
+
+def _replay_cmo(
+    context: RunContext,
+    config: CmoFeed,
+    feed: str,
+    grouped: dict[str, list[dict[str, Any]]],
+    *,
+    port: IdentityPort,
+    ledger: RunLedger,
+) -> StageResult:
+    """Re-stage a CMO mapping's quarantined records from the files kept in ``raw/``."""
+    from cmohub.pipelines.cmo import FileStaging, keys_for, open_raw, read_file  # noqa: PLC0415
+
+    refs = _cmo_raw_refs(context.lake, config, list(grouped))
+    keys = keys_for(config, context)
+    staging = FileStaging(context, port, ledger)
+    dataset = staging.batch(feed).compiled.spec.dataset
+    for sha, ref in refs.items():
+        plaintext = open_raw(context, config, ref, keys)
+        records = read_file(staging, feed, sha, plaintext)
+        del plaintext
+        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+        if records is None:  # still unreadable: quarantined whole again (PARSE_*)
+            continue
+        wanted = {str(line.get("source_locator")): line for line in grouped[sha]}
+        if "file" in wanted:  # the whole file was quarantined: every record of it
+            chosen = records
+        else:
+            chosen = [r for r in records if r.locator in wanted]
+            for locator in sorted(set(wanted) - {r.locator for r in chosen}):
+                staging.reject_file(
+                    feed,
+                    sha,
+                    QuarantineEntry(
+                        dataset,
+                        SourceRef(sha, locator),
+                        (Reason(RECORD_NOT_FOUND, f"replay:{feed}", None),),
+                        key=_entry_key(wanted[locator]),
+                    ),
+                )
+        staging.add(feed, sha, chosen)
+    [result] = staging.finish()
+    return result
+
+
+def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) -> None:
+    """Say whether the payloads were kept at all, then that clinical replay is unsupported."""
+    from cmohub.sources.raw_clinical import (  # noqa: PLC0415
+        BATCH_KIND,
+        RAW_KIND,
+        load_batch_manifest,
+        split_input_locator,
+    )
+
+    lake = context.lake
+    hint = (
+        " (CMOHUB_RAW_CLINICAL=none)"
+        if context.settings.raw_clinical is RawClinicalPolicy.NONE
+        else ""
+    )
+    for manifest_sha, lines in sorted(grouped.items()):
+        kept = lake.path(RawRef(manifest_sha, 0, BATCH_KIND, False).relative_path).exists()
+        inputs = load_batch_manifest(lake, manifest_sha)["inputs"] if kept else []
+        for number in sorted({split_input_locator(str(x.get("source_locator")))[0] for x in lines}):
+            sha = inputs[number - 1]["sha256"] if 0 < number <= len(inputs) else None
+            if sha is None or not lake.path(RawRef(sha, 0, RAW_KIND, True).relative_path).exists():
+                raise ConfigError(
+                    f"the clinical payloads of this run were not kept{hint}: its quarantined "
+                    "records cannot be replayed",
+                    code="RAW_NOT_KEPT",
+                    where=f"{manifest_sha}#input={number}",
+                )
+    raise ConfigError(
+        f"replaying clinical feeds is not supported yet ({feed}): their payloads are kept, "
+        "re-ingest them with 'cmohub clinical' after the fix",
+        code="REPLAY_UNSUPPORTED",
+        where=feed,
+    )
+
+
+def replay_quarantine(
+    settings: Settings,
+    *,
+    feed: str,
+    run_id: str,
+    port: IdentityPort | None = None,
+    as_of: datetime | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> ReplayResult:
+    """Replay ``feed``'s quarantined records of ``run_id`` (see the module doc).
+
+    ``as_of`` replaces the original run's interval end (what time-dependent contract rules
+    are evaluated at); ``port`` is the vault (opened from the settings when None).
+    """
+    lake = Lake(settings.lake_root)
+    with run_lock(settings.home_dir, f"replay:{feed}"):
+        plan = plan_replay(lake, feed=feed, run_id=run_id)
+        kind, config = feed_kind(feed)
+        start, end = _interval(lake, plan.root_run, plan.day)
+        context = RunContext(
+            dag_id=REPLAY_DAG,
+            run_id=plan.run_id,
+            interval_start=start,
+            interval_end=as_of or end,
+            settings=settings,
+            clock=clock,
+        )
+        result = ReplayResult(feed, kind, plan.root_run, plan.source_run, None, plan.day)
+        if plan.source is None:
+            return result  # the latest replay staged everything: nothing left
+        grouped = _by_payload(read_quarantine_file(lake, plan.source))
+        if kind == "clinical":
+            _refuse_clinical(context, feed, grouped)
+        if config is None:
+            raise ConfigError(
+                f"replaying {kind} feeds is not supported yet ({feed}); supported: CMO feeds",
+                code="REPLAY_UNSUPPORTED",
+                where=feed,
+            )
+        _cmo_raw_refs(lake, config, list(grouped))  # before the vault is opened
+        ledger = RunLedger(task=_ledger_name(feed))
+        ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
+        if port is None:
+            from cmohub.vault import open_vault  # noqa: PLC0415 - only when there is work
+
+            vault = open_vault(settings)
+            try:
+                staged = _replay_cmo(context, config, feed, grouped, port=vault, ledger=ledger)
+            finally:
+                vault.close()
+        else:
+            staged = _replay_cmo(context, config, feed, grouped, port=port, ledger=ledger)
+        result.ledger = ledger.save(context)  # last: it marks the replay done
+    counts = staged.counts
+    result.run_id = plan.run_id
+    result.received, result.valid, result.quarantined = (
+        counts.received,
+        counts.valid,
+        counts.quarantined,
+    )
+    result.quarantine_codes = dict(ledger.quarantine_codes)
+    result.payloads = len(grouped)
+    result.parts, result.quarantine, result.reports = (
+        staged.parts,
+        staged.quarantine,
+        staged.reports,
+    )
+    return result
