@@ -44,7 +44,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import cache
@@ -245,36 +245,30 @@ def store_errors() -> Iterator[None]:
 
 
 @contextmanager
-def pg_errors() -> Iterator[None]:
-    """psycopg errors raised outside SQLAlchemy (COPY, batched selects) become SQLAlchemy's,
-    then ours (:func:`store_errors`)."""
+def _driver_errors(
+    base: type[Exception], operational: type[Exception], integrity: type[Exception]
+) -> Iterator[None]:
+    """A DB-API driver's errors raised outside SQLAlchemy (COPY, batched selects) become
+    SQLAlchemy's, then ours (:func:`store_errors`)."""
     try:
         yield
-    except psycopg.Error as error:
+    except base as error:
         wrapper = (
             exc.OperationalError
-            if isinstance(error, psycopg.OperationalError)
+            if isinstance(error, operational)
             else exc.IntegrityError
-            if isinstance(error, psycopg.IntegrityError)
+            if isinstance(error, integrity)
             else exc.DatabaseError
         )
         raise wrapper("(driver)", None, error) from error
 
 
-@contextmanager
-def sqlite_errors() -> Iterator[None]:
-    """sqlite3 errors raised outside SQLAlchemy (batched selects) become SQLAlchemy's."""
-    try:
-        yield
-    except sqlite3.Error as error:
-        wrapper = (
-            exc.OperationalError
-            if isinstance(error, sqlite3.OperationalError)
-            else exc.IntegrityError
-            if isinstance(error, sqlite3.IntegrityError)
-            else exc.DatabaseError
-        )
-        raise wrapper("(driver)", None, error) from error
+def pg_errors() -> AbstractContextManager[None]:
+    return _driver_errors(psycopg.Error, psycopg.OperationalError, psycopg.IntegrityError)
+
+
+def sqlite_errors() -> AbstractContextManager[None]:
+    return _driver_errors(sqlite3.Error, sqlite3.OperationalError, sqlite3.IntegrityError)
 
 
 def run_transaction(
