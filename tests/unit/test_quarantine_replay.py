@@ -272,3 +272,59 @@ def test_clinical_replay_says_what_is_missing_and_leaks_no_identifier(
         sandbox_program / "truth.json",
         exclude=[home / "vault.sqlite", home / "keys"],
     )
+
+
+class Enrolled:
+    """The sponsor's enrolled COIs (the vault, for feeds that only verify)."""
+
+    def __init__(self, cois: set[str]) -> None:
+        self.cois = cois
+
+    def verify_many(self, cois: Sequence[str], *, actor: Actor) -> list[CoiStatus]:
+        return [CoiStatus.KNOWN if c in self.cois else CoiStatus.UNKNOWN for c in cois]
+
+    def tokenize_many(self, requests: Sequence[object], *, actor: Actor) -> list[object]:
+        raise AssertionError("logistics feeds never tokenize")
+
+
+def test_courier_shipments_are_replayed_from_the_kept_api_pages(
+    sandbox_program: Path, tmp_path: Path
+) -> None:
+    from cmohub.pipelines.logistics import sync_courier
+    from cmohub.sandbox.servers.courier import CourierServer
+    from cmohub.sensitive import Sensitive
+    from cmohub.sources.endpoint import SourceEndpoint
+
+    settings = load_settings(home=tmp_path / "home")
+    lines = (sandbox_program / "sponsor" / "enrollments.ndjson").read_text().splitlines()
+    enrolled = {json.loads(line)["coi"] for line in lines if line.strip()}
+    courier = CourierServer(sandbox_program)
+    end = datetime(2026, 3, 1, tzinfo=UTC)
+    context = RunContext.for_interval("logistics_sync", end, end, run_id="run-1", settings=settings)
+    with courier.running():
+        synced = sync_courier(
+            context,
+            endpoint=SourceEndpoint(
+                courier.base_url, courier.client_id, Sensitive(courier.client_secret)
+            ),
+            port=Enrolled(set()),  # the enrollments had not reached the vault yet
+            since=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    shipments = synced["feeds"]["logistics-courier-shipments"]
+    assert shipments["valid"] == 0 and shipments["quarantined"] > 0
+
+    feed = "logistics-courier-shipments"
+    replayed = replay_quarantine(settings, feed=feed, run_id="run-1", port=Enrolled(enrolled))
+    assert (replayed.received, replayed.valid) == (shipments["quarantined"],) * 2
+    assert replayed.quarantine is None
+    staged = [
+        row
+        for part in Path(settings.lake_root, "staged", "logistics.shipment").rglob("*.parquet")
+        for row in pq.read_table(part).to_pylist()
+    ]
+    assert len(staged) == shipments["quarantined"] and {r["coi"] for r in staged} <= enrolled
+
+    # Everything is staged now: a second replay has nothing left and writes nothing.
+    again = replay_quarantine(settings, feed=feed, run_id="run-1", port=Enrolled(enrolled))
+    assert (again.run_id, again.read_from) == (None, replayed.run_id)
+    assert not Path(settings.lake_root, "runs", "replay-run-1-2").exists()

@@ -19,9 +19,14 @@ replay is not staged twice; when replay ``n`` left nothing quarantined there is 
 A replay that stopped before its ledger was written is redone under the same run ID, and its
 parts (named by the payloads' SHA-256) are rewritten, not added.
 
-Supported: CMO feeds (files kept as received under ``raw/<cmo feed>/``, verified again
-before use). Clinical and logistics feeds are refused with REPLAY_UNSUPPORTED (clinical after
-checking that the payloads were kept at all: RAW_NOT_KEPT with ``CMOHUB_RAW_CLINICAL=none``).
+Supported: CMO feeds (files kept as received under ``raw/<cmo feed>/``, verified and
+decrypted again before use, read by :mod:`cmohub.pipelines.cmo`'s own staging) and the courier
+API feeds ``logistics-courier-shipments`` / ``-legs`` (pages kept under ``raw/courier/``,
+mapped by :class:`cmohub.pipelines.logistics.FeedBatch`). Refused with REPLAY_UNSUPPORTED:
+clinical feeds (after checking that their payloads were kept at all: RAW_NOT_KEPT with
+``CMOHUB_RAW_CLINICAL=none``), EPCIS custody and sensor feeds and logger files (staged by
+the logistics pipeline's own event and column code, which a replay does not re-enter), and
+master data.
 
 Nothing here prints or writes a value of a classified field: results carry counts, codes,
 run IDs, payload hashes, locators and lake paths.
@@ -34,7 +39,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -43,10 +49,11 @@ from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
 from cmohub.errors import ConfigError
 from cmohub.identity import IdentityPort
 from cmohub.lake import Lake, RawRef
+from cmohub.mapping.readers import SourceRecord, read_records
 from cmohub.pipelines.context import RunContext, safe_run_id, utc_now
 from cmohub.pipelines.ledger import RunLedger
 from cmohub.pipelines.locks import run_lock
-from cmohub.pipelines.stage import StageResult
+from cmohub.pipelines.stage import FeedStager, StageResult
 from cmohub.settings import RawClinicalPolicy, Settings
 from cmohub.sources.delivery import CmoFeed, load_cmo_feeds
 
@@ -58,6 +65,9 @@ _QUARANTINE_FILE = re.compile(
     r"^quarantine/(?P<feed>[^/]+)/date=(?P<day>\d{4}-\d{2}-\d{2})/run=(?P<run>[^/]+)/records\.jsonl$"
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Logistics feeds a replay serves: mapped row by row from the courier API pages kept raw.
+COURIER_FEEDS = frozenset({"logistics-courier-shipments", "logistics-courier-legs"})
+COURIER_RAW = "courier"
 
 
 # --- list ---------------------------------------------------------------------------------------
@@ -271,20 +281,40 @@ def _entry_key(line: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(key.items())) if isinstance(key, dict) else ()
 
 
-def _cmo_raw_refs(lake: Lake, config: CmoFeed, payloads: list[str]) -> dict[str, RawRef]:
-    """Where each file is kept; RAW_NOT_KEPT before anything is opened or written."""
+def _raw_refs(lake: Lake, kind: str, encrypted: bool, payloads: list[str]) -> dict[str, RawRef]:
+    """Where each payload is kept; RAW_NOT_KEPT before anything is opened or written."""
     refs = {}
     for sha in sorted(payloads):
-        ref = RawRef(sha, 0, config.name, config.options.encrypted)
+        ref = RawRef(sha, 0, kind, encrypted)
         if not lake.path(ref.relative_path).exists():
             raise ConfigError(
-                "the file these records came from is not kept in the lake: they cannot be "
+                "the payload these records came from is not kept in the lake: they cannot be "
                 "replayed (was the lake moved or raw/ pruned?)",
                 code="RAW_NOT_KEPT",
                 where=ref.relative_path,
             )
         refs[sha] = ref
     return refs
+
+
+def _pick(
+    records: list[SourceRecord], lines: list[dict[str, Any]], *, dataset: str, feed: str, sha: str
+) -> tuple[list[SourceRecord], list[QuarantineEntry]]:
+    """The payload's quarantined records, and entries for those it no longer holds."""
+    wanted = {str(line.get("source_locator")): line for line in lines}
+    if "file" in wanted:  # the whole payload was quarantined: every record of it
+        return records, []
+    chosen = [r for r in records if r.locator in wanted]
+    lost = [
+        QuarantineEntry(
+            dataset,
+            SourceRef(sha, locator),
+            (Reason(RECORD_NOT_FOUND, f"replay:{feed}", None),),
+            key=_entry_key(wanted[locator]),
+        )
+        for locator in sorted(set(wanted) - {r.locator for r in chosen})
+    ]
+    return chosen, lost
 
 
 def _replay_cmo(
@@ -299,7 +329,7 @@ def _replay_cmo(
     """Re-stage a CMO mapping's quarantined records from the files kept in ``raw/``."""
     from cmohub.pipelines.cmo import FileStaging, keys_for, open_raw, read_file  # noqa: PLC0415
 
-    refs = _cmo_raw_refs(context.lake, config, list(grouped))
+    refs = _raw_refs(context.lake, config.name, config.options.encrypted, list(grouped))
     keys = keys_for(config, context)
     staging = FileStaging(context, port, ledger)
     dataset = staging.batch(feed).compiled.spec.dataset
@@ -310,25 +340,36 @@ def _replay_cmo(
         ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
         if records is None:  # still unreadable: quarantined whole again (PARSE_*)
             continue
-        wanted = {str(line.get("source_locator")): line for line in grouped[sha]}
-        if "file" in wanted:  # the whole file was quarantined: every record of it
-            chosen = records
-        else:
-            chosen = [r for r in records if r.locator in wanted]
-            for locator in sorted(set(wanted) - {r.locator for r in chosen}):
-                staging.reject_file(
-                    feed,
-                    sha,
-                    QuarantineEntry(
-                        dataset,
-                        SourceRef(sha, locator),
-                        (Reason(RECORD_NOT_FOUND, f"replay:{feed}", None),),
-                        key=_entry_key(wanted[locator]),
-                    ),
-                )
+        chosen, lost = _pick(records, grouped[sha], dataset=dataset, feed=feed, sha=sha)
+        for entry in lost:
+            staging.reject_file(feed, sha, entry)
         staging.add(feed, sha, chosen)
     [result] = staging.finish()
     return result
+
+
+def _replay_courier(
+    context: RunContext,
+    feed: str,
+    grouped: dict[str, list[dict[str, Any]]],
+    *,
+    port: IdentityPort,
+    ledger: RunLedger,
+) -> StageResult:
+    """Re-stage courier shipments or legs from the API pages kept in ``raw/courier/``."""
+    from cmohub.pipelines.logistics import FeedBatch  # noqa: PLC0415
+
+    refs = _raw_refs(context.lake, COURIER_RAW, False, list(grouped))
+    batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
+    spec = batch.stager.compiled.spec
+    for sha, ref in refs.items():
+        records = list(read_records(spec.source, context.lake.get_raw(ref)))
+        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+        chosen, lost = _pick(records, grouped[sha], dataset=batch.dataset, feed=feed, sha=sha)
+        batch.upstream.extend(lost)
+        batch.add_records(sha, chosen)
+    batch.stage()
+    return batch.stager.finish()
 
 
 def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) -> None:
@@ -366,6 +407,21 @@ def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) ->
     )
 
 
+@contextmanager
+def _identity(settings: Settings, port: IdentityPort | None) -> Iterator[IdentityPort]:
+    """``port``, or the vault the settings name (opened here, closed after)."""
+    if port is not None:
+        yield port
+        return
+    from cmohub.vault import open_vault  # noqa: PLC0415 - only when there is work
+
+    vault = open_vault(settings)
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
 def replay_quarantine(
     settings: Settings,
     *,
@@ -399,25 +455,26 @@ def replay_quarantine(
         grouped = _by_payload(read_quarantine_file(lake, plan.source))
         if kind == "clinical":
             _refuse_clinical(context, feed, grouped)
-        if config is None:
+        if config is None and feed not in COURIER_FEEDS:
             raise ConfigError(
-                f"replaying {kind} feeds is not supported yet ({feed}); supported: CMO feeds",
+                f"replaying {feed} is not supported yet; supported: CMO feeds and "
+                f"{', '.join(sorted(COURIER_FEEDS))}",
                 code="REPLAY_UNSUPPORTED",
                 where=feed,
             )
-        _cmo_raw_refs(lake, config, list(grouped))  # before the vault is opened
+        _raw_refs(  # before the vault is opened
+            lake,
+            config.name if config else COURIER_RAW,
+            config.options.encrypted if config else False,
+            list(grouped),
+        )
         ledger = RunLedger(task=_ledger_name(feed))
         ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
-        if port is None:
-            from cmohub.vault import open_vault  # noqa: PLC0415 - only when there is work
-
-            vault = open_vault(settings)
-            try:
-                staged = _replay_cmo(context, config, feed, grouped, port=vault, ledger=ledger)
-            finally:
-                vault.close()
-        else:
-            staged = _replay_cmo(context, config, feed, grouped, port=port, ledger=ledger)
+        with _identity(settings, port) as identity:
+            if config is not None:
+                staged = _replay_cmo(context, config, feed, grouped, port=identity, ledger=ledger)
+            else:
+                staged = _replay_courier(context, feed, grouped, port=identity, ledger=ledger)
         result.ledger = ledger.save(context)  # last: it marks the replay done
     counts = staged.counts
     result.run_id = plan.run_id
