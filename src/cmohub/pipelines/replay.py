@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
 from cmohub.errors import ConfigError
@@ -372,7 +372,7 @@ def _replay_courier(
     return batch.stager.finish()
 
 
-def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) -> None:
+def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) -> NoReturn:
     """Say whether the payloads were kept at all, then that clinical replay is unsupported."""
     from cmohub.sources.raw_clinical import (  # noqa: PLC0415
         BATCH_KIND,
@@ -400,8 +400,9 @@ def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) ->
                     where=f"{manifest_sha}#input={number}",
                 )
     raise ConfigError(
-        f"replaying clinical feeds is not supported yet ({feed}): their payloads are kept, "
-        "re-ingest them with 'cmohub clinical' after the fix",
+        f"replaying clinical feeds is not supported yet ({feed}): the payloads are kept "
+        "(encrypted), but the clinical intake (patient index, message routing, duplicate "
+        "registry) cannot yet be re-entered for single records",
         code="REPLAY_UNSUPPORTED",
         where=feed,
     )
