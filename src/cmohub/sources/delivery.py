@@ -223,9 +223,10 @@ _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoad
 def _iter_documents(root: Path | Traversable) -> Iterable[tuple[str, Any]]:
     items = [root] if root.is_file() else sorted(root.iterdir(), key=lambda t: t.name)
     for item in items:
-        if item.is_dir():
-            yield from _iter_documents(item)
-        elif item.name.endswith((".yaml", ".yml")):
+        if not item.name.endswith((".yaml", ".yml")):
+            if item.is_dir():  # only folders are stat'ed: this runs at DAG parse time
+                yield from _iter_documents(item)
+        else:
             try:
                 # DAG files build their DAGs from these at parse time: libyaml's loader is ~10x
                 # faster than the pure-Python one (same safe subset of YAML), and a document
