@@ -32,7 +32,10 @@ from cmohub.lake import Lake
 from cmohub.pipelines import clinical
 from cmohub.pipelines.cmo import ingest_cmo_feed
 from cmohub.pipelines.context import RunContext
+from cmohub.pipelines.nightly import scorecard_activity
 from cmohub.pipelines.replay import list_quarantine, replay_quarantine
+from cmohub.pipelines.snapshot import load_quarantine
+from cmohub.reconcile.datasets import feed_scorecard_table
 from cmohub.sandbox.deliver import write_inbox_file
 from cmohub.settings import RawClinicalPolicy, Settings, load_settings
 from cmohub.sources.checksums import sums_line
@@ -188,6 +191,32 @@ def test_replaying_a_run_again_stages_nothing_twice(settings: Settings) -> None:
 
     listed = [(q.run_id, q.records) for q in list_quarantine(Lake(settings.lake_root))]
     assert listed == [(RUN, 4), (f"replay-{RUN}-1", 2), (f"replay-{RUN}-2", 2), (third.run_id, 2)]
+
+
+def test_the_nightly_counts_what_is_still_quarantined_after_a_replay(settings: Settings) -> None:
+    """Operations must not see a replayed record as an open exception, nor count it twice."""
+    vault = Vault()
+    ingest_batches(settings, vault)
+    lake = Lake(settings.lake_root)
+    day = datetime(2026, 1, 21, tzinfo=UTC).date()
+
+    def scorecard() -> dict[str, Any]:
+        table = feed_scorecard_table([FEED], scorecard_activity(lake, day))
+        (row,) = [r for r in table.to_pylist() if r["feed"] == FEED]
+        return row
+
+    assert len(load_quarantine(lake, up_to=day)) == 4
+    assert scorecard()["records_quarantined"] == 4
+    vault.enroll_what_was_asked()
+    replay_quarantine(settings, feed=FEED, run_id=RUN, port=vault)
+    replay_quarantine(settings, feed=FEED, run_id=RUN, port=vault)  # changes nothing more
+
+    still = load_quarantine(lake, up_to=day)
+    assert sorted(line["key"]["batch_id"] for line in still) == ["ACM-26-00103", "ACM-26-00104"]
+    assert all(f"run=replay-{RUN}-2" in line["_file"] for line in still)
+    row = scorecard()
+    assert (row["records_received"], row["records_valid"], row["records_quarantined"]) == (4, 2, 2)
+    assert row["deliveries"] == 1  # a replay is not a delivery
 
 
 def test_a_replay_that_stopped_before_its_ledger_is_redone_in_place(settings: Settings) -> None:

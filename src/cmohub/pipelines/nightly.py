@@ -46,7 +46,13 @@ from cmohub.mapping.store import load_mappings
 from cmohub.pipelines.context import RunContext, safe_run_id
 from cmohub.pipelines.locks import run_lock
 from cmohub.pipelines.logistics import LogisticsTables, Retractions, packet_name
-from cmohub.pipelines.snapshot import Snapshot, load_dataset, load_ledgers, load_quarantine
+from cmohub.pipelines.snapshot import (
+    REPLAY_DAG,
+    Snapshot,
+    load_dataset,
+    load_ledgers,
+    load_quarantine,
+)
 from cmohub.publish.packets import packet_data, render_html
 from cmohub.publish.release import Recipient, ReleaseFile, Signer, write_release
 from cmohub.publish.report import render_report
@@ -181,6 +187,19 @@ def scorecard_activity(lake: Lake, up_to: date) -> list[FeedActivity]:
             if f.get("code") == "FEED_STALE"
         }
         for feed, counts in ledger.get("counts", {}).items():
+            if ledger.get("dag_id") == REPLAY_DAG:
+                # A replay received nothing new: it re-read records already counted as
+                # quarantined, and those it staged move from quarantined to valid.
+                received = int(counts.get("received", 0))
+                activity.append(
+                    FeedActivity(
+                        feed,
+                        valid=int(counts.get("valid", 0)),
+                        quarantined=int(counts.get("quarantined", 0)) - received,
+                        duplicates=int(counts.get("duplicates", 0)),
+                    )
+                )
+                continue
             deliveries = int(counts.get("files") or 0) or (1 if counts.get("received") else 0)
             activity.append(
                 FeedActivity(

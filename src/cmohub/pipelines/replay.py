@@ -53,14 +53,18 @@ from cmohub.mapping.readers import SourceRecord, read_records
 from cmohub.pipelines.context import RunContext, safe_run_id, utc_now
 from cmohub.pipelines.ledger import RunLedger
 from cmohub.pipelines.locks import run_lock
+from cmohub.pipelines.snapshot import (
+    REPLAY_DAG,
+    REPLAY_RUN,
+    replay_done,
+    replay_ledger_name,
+)
 from cmohub.pipelines.stage import FeedStager, StageResult
 from cmohub.settings import RawClinicalPolicy, Settings
 from cmohub.sources.delivery import CmoFeed, load_cmo_feeds
 
-REPLAY_DAG = "quarantine_replay"
 #: A record a replay could not find in its payload any more (the reader changed its locators).
 RECORD_NOT_FOUND = "REPLAY_RECORD_NOT_FOUND"
-_REPLAY_RUN = re.compile(r"^replay-(?P<root>.+)-(?P<number>\d+)$")
 _QUARANTINE_FILE = re.compile(
     r"^quarantine/(?P<feed>[^/]+)/date=(?P<day>\d{4}-\d{2}-\d{2})/run=(?P<run>[^/]+)/records\.jsonl$"
 )
@@ -87,7 +91,7 @@ class QuarantineRun:
     @property
     def replay_of(self) -> str | None:
         """The run this one replayed (None for an ingest run)."""
-        match = _REPLAY_RUN.fullmatch(self.run_id)
+        match = REPLAY_RUN.fullmatch(self.run_id)
         return match.group("root") if match else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +139,7 @@ def list_quarantine(
 
 def _chain_order(run: QuarantineRun) -> tuple[str, date, str, int]:
     """A run, then its replays in order."""
-    match = _REPLAY_RUN.fullmatch(run.run_id)
+    match = REPLAY_RUN.fullmatch(run.run_id)
     if match is None:
         return run.feed, run.day, run.run_id, 0
     return run.feed, run.day, match.group("root"), int(match.group("number"))
@@ -156,10 +160,6 @@ class ReplayPlan:
     run_id: str  # the replay's run ID
 
 
-def _ledger_name(feed: str) -> str:
-    return f"replay.{feed}"
-
-
 def _quarantine_of(lake: Lake, feed: str, run_id: str) -> tuple[date, str] | None:
     """The day and lake path of ``feed``'s quarantine file of ``run_id``, when there is one."""
     for path in lake.iter_files(f"quarantine/{feed}", f"date=*/run={run_id}/records.jsonl"):
@@ -172,7 +172,7 @@ def _quarantine_of(lake: Lake, feed: str, run_id: str) -> tuple[date, str] | Non
 
 def plan_replay(lake: Lake, *, feed: str, run_id: str) -> ReplayPlan:
     """Find the run's quarantine and the next replay's run ID (see the chain in the module doc)."""
-    match = _REPLAY_RUN.fullmatch(run_id)
+    match = REPLAY_RUN.fullmatch(run_id)
     root = safe_run_id(match.group("root") if match else run_id)
     original = _quarantine_of(lake, feed, root)
     if original is None:
@@ -184,7 +184,7 @@ def plan_replay(lake: Lake, *, feed: str, run_id: str) -> ReplayPlan:
         )
     day, path = original
     done = 0
-    while (lake.run_dir(f"replay-{root}-{done + 1}") / f"{_ledger_name(feed)}.json").exists():
+    while replay_done(lake, feed, root, done + 1):
         done += 1
     if done == 0:
         return ReplayPlan(feed, root, day, root, path, f"replay-{root}-1")
@@ -469,7 +469,7 @@ def replay_quarantine(
             config.options.encrypted if config else False,
             list(grouped),
         )
-        ledger = RunLedger(task=_ledger_name(feed))
+        ledger = RunLedger(task=replay_ledger_name(feed))
         ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
         with _identity(settings, port) as identity:
             if config is not None:

@@ -114,14 +114,55 @@ def load_dataset(
     return result, snapshot
 
 
+#: The dag_id of a quarantine replay's run context (and so of its ledger).
+REPLAY_DAG = "quarantine_replay"
+REPLAY_RUN = re.compile(r"^replay-(?P<root>.+)-(?P<number>\d+)$")
+
+
+def _replay_step(run: str) -> tuple[str, int]:
+    """(the run a quarantine file belongs to at the root of its replay chain, its step)."""
+    match = REPLAY_RUN.fullmatch(run)
+    return (match.group("root"), int(match.group("number"))) if match else (run, 0)
+
+
+def replay_done(lake: Lake, feed: str, root: str, step: int) -> bool:
+    """Whether replay ``step`` of ``root``'s quarantine for ``feed`` finished (its ledger,
+    written last by :mod:`cmohub.pipelines.replay`, exists)."""
+    return (lake.run_dir(f"replay-{root}-{step}") / f"{replay_ledger_name(feed)}.json").exists()
+
+
+def replay_ledger_name(feed: str) -> str:
+    return f"replay.{feed}"
+
+
 def load_quarantine(lake: Lake, *, up_to: date) -> list[dict[str, Any]]:
-    """Every quarantined record of partitions on or before ``up_to``, with its file's path."""
+    """Every record still quarantined in partitions on or before ``up_to``, with its file.
+
+    A run's quarantine is superseded by its latest finished replay (which re-read every record
+    still quarantined and quarantined again only those that still fail): of each chain, only
+    that replay's file counts, and none when the replay staged them all.
+    """
     entries: list[dict[str, Any]] = []
+    files: list[tuple[str, str, int, Any]] = []
+    latest: dict[tuple[str, str], int] = {}
     for path in lake.iter_files("quarantine", "**/records.jsonl"):
         relative = str(path.relative_to(lake.root))
         match = re.search(r"date=(\d{4}-\d{2}-\d{2})", relative)
         if match is None or date.fromisoformat(match.group(1)) > up_to:
             continue
+        found = re.search(r"^quarantine/([^/]+)/.*run=([^/]+)/records\.jsonl$", relative)
+        feed, run = (found.group(1), found.group(2)) if found else ("", relative)
+        root, step = _replay_step(run)
+        files.append((feed, root, step, path))
+        if (feed, root) not in latest:
+            done = 0
+            while replay_done(lake, feed, root, done + 1):
+                done += 1
+            latest[(feed, root)] = done
+    for feed, root, step, path in files:
+        if step != latest[(feed, root)]:
+            continue
+        relative = str(path.relative_to(lake.root))
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 entries.append({**json.loads(line), "_file": relative})
