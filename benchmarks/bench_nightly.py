@@ -53,8 +53,10 @@ from datetime import UTC, datetime, time as clock, timedelta, date
 from pathlib import Path
 from cmohub.pipelines import nightly
 from cmohub.pipelines.context import RunContext
+from cmohub.lake import use_system_memory_pool
 from cmohub.publish.signing import hub_signer
 from cmohub.settings import load_settings
+use_system_memory_pool()  # as the Airflow task adapter does
 home = Path({home!r})
 as_of = datetime.combine(date.fromisoformat({last_day!r}) + timedelta(days=1), clock(3), tzinfo=UTC)
 ctx = RunContext.for_interval("nightly_reconciliation", as_of - timedelta(days=1), as_of,

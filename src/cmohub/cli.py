@@ -16,6 +16,7 @@ from cmohub import __version__
 from cmohub.commands.demo import demo
 from cmohub.commands.map import map_command
 from cmohub.errors import HubError
+from cmohub.lake import use_system_memory_pool
 from cmohub.log import configure_logging
 
 #: Command groups: name -> module that defines ``app`` (a typer.Typer).
@@ -82,6 +83,7 @@ def main() -> None:
     Typer's standalone mode handles usage errors and exit codes; only our own errors are
     translated here: exit 1 for Terminal errors, 2 for Transient ones (worth retrying).
     """
+    use_system_memory_pool()
     try:
         app()
     except HubError as error:

@@ -69,6 +69,18 @@ def canonical_json(obj: Any) -> bytes:
     ).encode()
 
 
+def use_system_memory_pool() -> None:
+    """Let Arrow allocate with the C library's malloc instead of its bundled mimalloc.
+
+    Called once per process by the task adapter and the CLI. mimalloc keeps the pages a large
+    run has freed, so a process's peak RSS grows with every stage: on the nightly at 3,000
+    patients the system pool peaked at 2.4 GiB against 2.9 GiB and ran ~20% faster. An
+    explicit ``ARROW_DEFAULT_MEMORY_POOL`` in the environment is left as it is.
+    """
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 @dataclass(frozen=True, slots=True)
 class RawRef:
     """Where a received payload is kept: its SHA-256, size and lake path."""

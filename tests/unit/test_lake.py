@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from cmohub.errors import ConfigError
-from cmohub.lake import Lake, sha256_hex
+from cmohub.lake import Lake, sha256_hex, use_system_memory_pool
 
 
 def test_layout_is_addressed_by_dataset_feed_day_and_run(tmp_path: Path) -> None:
@@ -50,3 +50,19 @@ def test_object_store_urls_work(tmp_path: Path) -> None:
     target = lake.path("runs/r1/run.json")
     lake.write_json(target, {"ok": True})
     assert lake.read_json(target) == {"ok": True}
+
+
+def test_pipelines_allocate_with_the_system_pool_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        use_system_memory_pool()
+        assert pa.default_memory_pool().backend_name == "mimalloc"  # an operator's choice stands
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        use_system_memory_pool()
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)

@@ -57,7 +57,9 @@ def build_context(airflow_context: Mapping[str, Any]) -> Any:
 def run_pipeline(target: str, airflow_context: Mapping[str, Any], **kwargs: Any) -> Any:
     """Call a pipeline function with a RunContext; map our errors to Airflow's behaviour."""
     from cmohub.errors import HubError
+    from cmohub.lake import use_system_memory_pool
 
+    use_system_memory_pool()
     function = _resolve(target)
     context = build_context(airflow_context)
     try:
