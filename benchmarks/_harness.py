@@ -2,7 +2,10 @@
 
 Peak resident set size comes from ``os.wait4`` on the child, i.e. the kernel's ``ru_maxrss``
 of that one process (and the children it waited for), so measurements do not bleed into
-each other the way ``RUSAGE_CHILDREN`` totals would.
+each other the way ``RUSAGE_CHILDREN`` totals would. The child is started by a small
+launcher process, not by the benchmark itself: Linux counts the memory a process had when it
+called exec in its ``ru_maxrss``, and a child forked (or vforked) straight from a benchmark
+that has grown to hundreds of MiB would report at least that much, whatever it used.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ class Measurement:
     result: Mapping[str, Any] = field(default_factory=dict)  # what the child printed (JSON)
 
 
+# Started with ``python -S``: spawns the measured command, waits for it, and writes its own
+# child's rusage, so the command's peak is not floored by the benchmark process's size.
+LAUNCHER = """
+import json, os, sys
+out, argv = sys.argv[1], sys.argv[2:]
+pid = os.posix_spawnp(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"maxrss": usage.ru_maxrss}, f)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure_command(
     argv: Sequence[str],
     *,
@@ -37,21 +53,29 @@ def measure_command(
     env: Mapping[str, str] | None = None,
 ) -> Measurement:
     """Run ``argv``; its last stdout line, if JSON, becomes the measurement's ``result``."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile(suffix=".json") as usage_file,
+    ):
         started = time.perf_counter()
-        child = subprocess.Popen(
-            list(argv), stdout=out, stderr=err, cwd=cwd or REPO, env=dict(env or os.environ)
+        child = subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, usage_file.name, *argv],
+            stdout=out,
+            stderr=err,
+            cwd=cwd or REPO,
+            env=dict(env or os.environ),
+            check=False,
         )
-        _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
+        usage = json.loads(Path(usage_file.name).read_text() or "{}")
     if child.returncode != 0:
         raise RuntimeError(f"{label} failed ({child.returncode}):\n{stderr[-2000:]}")
     # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    peak = usage["maxrss"] / (1024 * 1024 if sys.platform == "darwin" else 1024)
     result: dict[str, Any] = {}
     last = stdout.strip().splitlines()[-1:] if stdout.strip() else []
     if last:
