@@ -9,8 +9,10 @@ For N identities (default 100,000) the same process measures, side by side:
   For reference, the same with the standard library's ``hmac.digest`` (what a first
   implementation would call) is printed too.
 * **new** — ``tokenize_many`` of N identities the vault has never seen (one call: lookup,
-  random COI allocation, sealing, batched insert, audit event, one commit).
-* **repeat** — ``tokenize_many`` of the same N identities again (batched lookups only).
+  random COI allocation, sealing, batched insert, audit event, one commit); best of three
+  calls, each with N other new identities (the vault then holds 3N).
+* **repeat** — ``tokenize_many`` of the first N identities again (batched lookups only); best
+  of three.
 
 Each is reported as identities per second and as a ratio to the bare rate (goals: new >= 40%
 on SQLite and >= 25% on PostgreSQL; repeat >= 40% on both).
@@ -64,13 +66,13 @@ GOALS = {("sqlite", "new"): 0.40, ("sqlite", "repeat"): 0.40, ("postgresql", "ne
          ("postgresql", "repeat"): 0.40}  # fmt: skip
 
 
-def make_requests(n: int) -> list[TokenizeRequest]:
+def make_requests(n: int, start: int = 0) -> list[TokenizeRequest]:
     return [
         TokenizeRequest(
             SubjectIdentity(system=SYSTEM, value=Sensitive(f" SBX-MRN-A9990-{i:07d} ")),
             f"SBX-TE-{i:07d}",
         )
-        for i in range(n)
+        for i in range(start, start + n)
     ]
 
 
@@ -134,10 +136,16 @@ def measure_store(label: str, url: str, requests: list[TokenizeRequest]) -> list
     with Vault(url, MemoryKeyProvider.generated()) as vault:
         vault.init(actor=ACTOR)
         vault.tokenize_many(make_requests(1), actor=ACTOR)  # warm up: data key, connection
+        # Best of three on the vault's side too, as for the bare work: "new" with three sets of
+        # identities the vault has never seen (the first is the set "repeat" then uses).
+        batches = [requests] + [make_requests(n, start=(k + 1) * n) for k in range(2)]
         for operation in ("new", "repeat"):
             # The machine may be shared: measure the bare rate just before and just after.
             before = bare_rate(requests)
-            seconds = _timed(lambda: vault.tokenize_many(requests, actor=ACTOR))
+            seconds = min(
+                _timed(lambda batch=batch: vault.tokenize_many(batch, actor=ACTOR))
+                for batch in (batches if operation == "new" else [requests] * 3)
+            )
             bare = (before + bare_rate(requests)) / 2
             rate = n / seconds
             goal = GOALS[(label, operation)]
