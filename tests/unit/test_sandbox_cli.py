@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,25 @@ def test_demo_generates_the_sandbox_and_says_where_it_is(tmp_path: Path) -> None
     assert "== sandbox" in result.stdout and "planted faults by rule" in result.stdout
     assert str(tmp_path / "demo" / "sandbox") in result.stdout
     assert (tmp_path / "demo" / "sandbox" / "truth.json").is_file()
+
+
+def test_without_out_the_program_goes_where_the_hub_reads_it(tmp_path: Path) -> None:
+    """CMOHUB_HOME elsewhere: generate and sandbox-deliver agree on HOME/sandbox by default."""
+    home = tmp_path / "home"
+    env_cli = [sys.executable, "-c", "from cmohub.cli import main; main()"]
+    env = {**os.environ, "CMOHUB_HOME": str(home)}
+    env.pop("CMOHUB_SANDBOX_DIR", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*env_cli, *args], capture_output=True, text=True, timeout=300, check=False,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+
+    generated = run("sandbox", "generate", "--patients", "3", "--days", "2", "--faults", "none")
+    assert generated.returncode == 0, generated.stderr
+    assert (home / "sandbox" / "truth.json").exists()
+    assert not (tmp_path / ".cmohub").exists()
+    delivered = run("cmo", "sandbox-deliver", "--feed", "cmo_acme")
+    assert delivered.returncode == 0, delivered.stderr
+    assert "cmo_acme:" in delivered.stdout and "signed by" in delivered.stdout

@@ -139,8 +139,12 @@ def print_ingest(result: dict[str, Any]) -> None:
 def sandbox_deliver(
     *,
     program: Annotated[
-        Path, typer.Option("--program", help="A generated sandbox program (has truth.json).")
-    ] = Path(".cmohub/sandbox"),
+        Path | None,
+        typer.Option(
+            "--program",
+            help="A generated sandbox program (has truth.json; default CMOHUB_SANDBOX_DIR).",
+        ),
+    ] = None,
     feed: Annotated[
         list[str] | None, typer.Option("--feed", help="Only this feed (repeatable).")
     ] = None,
@@ -160,7 +164,7 @@ def sandbox_deliver(
 
     settings = load_settings()
     summary = deliver_program(
-        program,
+        program or settings.sandbox_root,
         keyring=Keyring.for_settings(settings),
         inbox_root=inbox or settings.home_dir / "inbox",
         feeds=feed or None,

@@ -13,8 +13,8 @@ from rich.progress import Progress
 from cmohub.sandbox.faults import Fault, parse_fault_selection
 from cmohub.sandbox.generate import GenerationSummary, generate_program
 from cmohub.sandbox.program import DEFAULT_START
+from cmohub.settings import load_settings
 
-DEFAULT_OUT = Path(".cmohub/sandbox")
 app = typer.Typer(help="Synthetic therapy program with planted faults.", no_args_is_help=True)
 
 
@@ -26,7 +26,10 @@ def generate(
         int, typer.Option("--days", "-d", min=1, help="Days over which patients enroll.")
     ] = 30,
     seed: Annotated[int, typer.Option("--seed", "-s", help="Same seed, same bytes.")] = 1,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default CMOHUB_SANDBOX_DIR)."),
+    ] = None,
     faults: Annotated[
         str,
         typer.Option(
@@ -46,7 +49,7 @@ def generate(
     except ValueError:
         raise typer.BadParameter("expected YYYY-MM-DD", param_hint="--start") from None
     summary = run_generation(
-        out,
+        out or load_settings().sandbox_root,
         patients=patients,
         days=days,
         seed=seed,
