@@ -22,6 +22,10 @@ CMOHUB_SANDBOX_DIR       the sandbox program the embedded default reads (default
 CMOHUB_ENROLLMENTS       the sponsor's enrollment register, NDJSON (default: the sandbox's
                          sponsor/enrollments.ndjson)
 CMOHUB_HL7_INBOX         folder of HL7 v2 files (default: the sandbox's clinical/hl7)
+CMOHUB_ODCS_SCHEMAS      folder of ODCS JSON schemas ``odcs-json-schema-<apiVersion>.json``:
+                         a contract is checked against the schema of the version it declares
+                         when it is there, else against the v3.2.0 schema that
+                         open-data-contract-standard ships (it admits v3.0.0 to v3.2.0)
 ======================== ====================================================================
 
 ``CMOHUB_OPENPGP_PASSPHRASE`` (or ``CMOHUB_OPENPGP_PASSPHRASE_FILE``, a file holding it) unlocks
@@ -70,6 +74,7 @@ class Settings(BaseSettings):
     enrollments: str | None = None
     hl7_inbox: Path | None = None
     master_dir: Path | None = None
+    odcs_schemas: Path | None = None
 
     @property
     def home_dir(self) -> Path:

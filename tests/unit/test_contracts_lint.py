@@ -181,16 +181,20 @@ def test_unsupported_quality_rules_are_refused_with_a_clear_code() -> None:
     assert raised.value.code == "CONTRACT_RULE_UNSUPPORTED"
 
 
-def test_a_file_breaking_its_declared_schema_says_which_version_it_fits(tmp_path: Path) -> None:
+def test_a_file_breaking_the_schema_names_the_schema_and_the_version_it_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CMOHUB_ODCS_SCHEMAS", raising=False)  # the library's v3.2.0 schema
     document = copy.deepcopy(minimal())
-    document["apiVersion"] = "v3.0.2"
-    document["schema"][0]["properties"][2]["logicalType"] = "timestamp"  # not in v3.0.2
+    document["schema"][0]["properties"][2]["logicalType"] = "datetime"  # in no ODCS version
     path = tmp_path / "x.odcs.yaml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ContractError) as raised:
         load_contract_file(path)
     assert raised.value.code == "CONTRACT_SCHEMA"
-    assert "v3.0.2" in raised.value.message and "declare apiVersion: v3.1.0" in raised.value.message
+    message = raised.value.message
+    assert "ODCS v3.2.0 JSON schema (it declares v3.1.0)" in message
+    assert "logicalType" in message
 
 
 def test_unquoted_yaml_dates_stay_text(tmp_path: Path) -> None:

@@ -13,13 +13,12 @@ CONTRACT_TYPE_UNSUPPORTED  a logical type the hub cannot store
 CONTRACT_CUSTOM_PROPERTY   a ``cmohub.*`` custom property with an invalid value
 ========================== ===========================================================
 
-JSON schemas are passed in (``cmohub.contracts.store`` reads them), so this module does no I/O
-of its own; :func:`package_json_schema` asks the library for the schema it ships.
+JSON schemas are passed in (``cmohub.contracts.store`` reads them: the library's own v3.2.0
+schema, or the declared version's from ``CMOHUB_ODCS_SCHEMAS``), so this module does no I/O.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -63,13 +62,6 @@ SUPPORTED_API_VERSIONS = ("v3.0.2", "v3.1.0", "v3.2.0")
 _MAX_SCHEMA_PROBLEMS = 20
 
 
-def package_json_schema() -> dict[str, Any]:
-    """The JSON schema shipped with ``open-data-contract-standard`` (ODCS v3.2.0)."""
-    text: str = OpenDataContractStandard.json_schema()  # type: ignore[no-untyped-call]
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
 def api_version_of(document: Any, *, where: str) -> str:
     """The declared ``apiVersion``, checked against the versions the hub supports."""
     if not isinstance(document, Mapping):
@@ -102,15 +94,24 @@ def _short(message: str, limit: int = 160) -> str:
 
 
 def check_against_schema(
-    document: Any, schema: Mapping[str, Any], api_version: str, *, where: str
+    document: Any,
+    schema: Mapping[str, Any],
+    api_version: str,
+    *,
+    where: str,
+    declared: str | None = None,
 ) -> None:
-    """Raise CONTRACT_SCHEMA with a readable summary when ``document`` breaks its schema."""
+    """Raise CONTRACT_SCHEMA with a readable summary when ``document`` breaks its schema.
+
+    ``api_version`` is the schema's version; ``declared`` the document's, when they differ.
+    """
     problems = schema_problems(document, schema)
     if problems:
         shown = "; ".join(problems[:_MAX_SCHEMA_PROBLEMS])
         more = f" (and {len(problems) - _MAX_SCHEMA_PROBLEMS} more)" if len(problems) > 20 else ""
+        whose = "it declares" if declared in (None, api_version) else f"(it declares {declared})"
         raise ContractError(
-            f"does not conform to the ODCS {api_version} JSON schema it declares "
+            f"does not conform to the ODCS {api_version} JSON schema {whose} "
             f"({len(problems)} problem{'s' if len(problems) != 1 else ''}): {shown}{more}",
             code="CONTRACT_SCHEMA",
             where=where,

@@ -27,6 +27,7 @@ from cmohub.domain import DATASETS
 from cmohub.errors import ContractError, unreadable_as
 from cmohub.log import add_classified_fields
 from cmohub.resources import resource_root
+from cmohub.settings import load_settings
 
 if TYPE_CHECKING:
     from open_data_contract_standard.model import OpenDataContractStandard
@@ -53,18 +54,30 @@ def parse_contract_yaml(text: str, *, where: str) -> Any:
         raise ContractError(f"not valid YAML{line}", code="CONTRACT_YAML", where=where) from None
 
 
-@cache
+def odcs_schema_version(api_version: str) -> str:
+    """The ODCS version whose JSON schema checks documents declaring ``api_version``: their own
+    when ``CMOHUB_ODCS_SCHEMAS`` holds it, else the one the library ships (it admits every
+    version the hub supports)."""
+    folder = load_settings().odcs_schemas
+    if folder is not None and (folder / f"odcs-json-schema-{api_version}.json").is_file():
+        return api_version
+    return odcs.PACKAGE_API_VERSION
+
+
 def odcs_json_schema(api_version: str) -> dict[str, Any]:
-    """The ODCS JSON schema for ``api_version`` (shipped here, or the library's own)."""
-    shipped = files("cmohub.contracts") / "schemas" / f"odcs-json-schema-{api_version}.json"
-    if shipped.is_file():
-        schema: dict[str, Any] = json.loads(shipped.read_text(encoding="utf-8"))
-        return schema
-    if api_version == odcs.PACKAGE_API_VERSION:
-        return odcs.package_json_schema()
-    raise ContractError(
-        f"no JSON schema for ODCS {api_version}", code="CONTRACT_API_VERSION", where=api_version
-    )
+    """The ODCS JSON schema that checks documents declaring ``api_version``
+    (see :func:`odcs_schema_version`)."""
+    return _schema_file(load_settings().odcs_schemas, odcs_schema_version(api_version))
+
+
+@cache
+def _schema_file(folder: Path | None, version: str) -> dict[str, Any]:
+    source: Path | Traversable = files("open_data_contract_standard") / "schema.json"
+    if folder is not None and (folder / f"odcs-json-schema-{version}.json").is_file():
+        source = folder / f"odcs-json-schema-{version}.json"
+    with unreadable_as(ContractError, "ODCS schema", code="CONTRACT_SCHEMA_FILE", where=source):
+        schema: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
+    return schema
 
 
 def _read(source: Traversable | Path) -> tuple[str, str]:
@@ -84,7 +97,13 @@ def load_odcs_document(path: Path | Traversable) -> dict[str, Any]:
     document = parse_contract_yaml(text, where=where)
     version = odcs.api_version_of(document, where=where)
     try:
-        odcs.check_against_schema(document, odcs_json_schema(version), version, where=where)
+        odcs.check_against_schema(
+            document,
+            odcs_json_schema(version),
+            odcs_schema_version(version),
+            where=where,
+            declared=version,
+        )
     except ContractError as error:
         raise _with_drift_hint(error, document, version) from None
     return dict(document)
@@ -105,7 +124,7 @@ def load_contract_file(path: Path | Traversable) -> Contract:
 def _with_drift_hint(error: ContractError, document: Any, declared: str) -> ContractError:
     """Add "it conforms to vX" when a newer schema accepts what the declared one rejects."""
     for newer in odcs.SUPPORTED_API_VERSIONS:
-        if newer <= declared:
+        if newer <= declared or odcs_schema_version(newer) != newer:
             continue
         if not odcs.schema_problems(document, odcs_json_schema(newer)):
             return ContractError(
