@@ -189,8 +189,13 @@ def test_replaying_a_run_again_stages_nothing_twice(settings: Settings) -> None:
     third = replay_quarantine(settings, feed=FEED, run_id=f"replay-{RUN}-1", port=vault)
     assert (third.run_id, third.valid) == (f"replay-{RUN}-3", 0)
 
-    listed = [(q.run_id, q.records) for q in list_quarantine(Lake(settings.lake_root))]
-    assert listed == [(RUN, 4), (f"replay-{RUN}-1", 2), (f"replay-{RUN}-2", 2), (third.run_id, 2)]
+    listed = [(q.run_id, q.records, q.current) for q in list_quarantine(Lake(settings.lake_root))]
+    assert listed == [
+        (RUN, 4, False),
+        (f"replay-{RUN}-1", 2, False),
+        (f"replay-{RUN}-2", 2, False),
+        (third.run_id, 2, True),  # what is still quarantined, and what the nightly counts
+    ]
 
 
 def test_the_nightly_counts_what_is_still_quarantined_after_a_replay(settings: Settings) -> None:

@@ -70,7 +70,10 @@ def list_command(
         return
     for run in runs:
         replay = f"  (replay of {run.replay_of})" if run.replay_of else ""
-        typer.echo(f"{run.feed}  {run.day}  run {run.run_id}  {run.records} record(s){replay}")
+        status = "" if run.current else "  [replayed since: see the later run]"
+        typer.echo(
+            f"{run.feed}  {run.day}  run {run.run_id}  {run.records} record(s){replay}{status}"
+        )
         for code, count in sorted(run.codes.items()):
             typer.echo(f"  {code:<40} {count}")
 
@@ -94,7 +97,8 @@ def replay(
 
     Records come back from the raw payloads the quarantine lines reference; those that pass
     are staged under the run replay-<run>-<n>, those that still fail are quarantined again.
-    Replaying again only takes what the last replay left quarantined. CMO feeds only.
+    Replaying again only takes what the last replay left quarantined. CMO feeds and the
+    courier shipment and leg feeds.
 
     Example:  cmohub quarantine replay --feed cmo-acme-batches --run scheduled__2026-01-20
     """

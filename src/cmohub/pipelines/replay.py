@@ -56,7 +56,8 @@ from cmohub.pipelines.locks import run_lock
 from cmohub.pipelines.snapshot import (
     REPLAY_DAG,
     REPLAY_RUN,
-    replay_done,
+    latest_replay,
+    replay_chain,
     replay_ledger_name,
 )
 from cmohub.pipelines.stage import FeedStager, StageResult
@@ -87,12 +88,13 @@ class QuarantineRun:
     path: str  # lake-relative
     records: int
     codes: dict[str, int]
+    current: bool = True  # False once a finished replay re-read these records
 
     @property
     def replay_of(self) -> str | None:
         """The run this one replayed (None for an ingest run)."""
-        match = REPLAY_RUN.fullmatch(self.run_id)
-        return match.group("root") if match else None
+        root, step = replay_chain(self.run_id)
+        return root if step else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +105,7 @@ class QuarantineRun:
             "path": self.path,
             "records": self.records,
             "codes": dict(sorted(self.codes.items())),
+            "current": self.current,
         }
 
 
@@ -131,18 +134,17 @@ def list_quarantine(
         for line in lines:
             code = str(line.get("code") or "INPUT_INVALID")
             codes[code] = codes.get(code, 0) + 1
-        found.append(
-            QuarantineRun(match.group("feed"), day, match.group("run"), relative, len(lines), codes)
-        )
+        name, run = match.group("feed"), match.group("run")
+        root, step = replay_chain(run)
+        current = step == latest_replay(lake, name, root)
+        found.append(QuarantineRun(name, day, run, relative, len(lines), codes, current))
     return sorted(found, key=_chain_order)
 
 
 def _chain_order(run: QuarantineRun) -> tuple[str, date, str, int]:
     """A run, then its replays in order."""
-    match = REPLAY_RUN.fullmatch(run.run_id)
-    if match is None:
-        return run.feed, run.day, run.run_id, 0
-    return run.feed, run.day, match.group("root"), int(match.group("number"))
+    root, step = replay_chain(run.run_id)
+    return run.feed, run.day, root, step
 
 
 # --- replay: which run, under which ID ------------------------------------------------------------
@@ -183,9 +185,7 @@ def plan_replay(lake: Lake, *, feed: str, run_id: str) -> ReplayPlan:
             where=f"quarantine/{feed}",
         )
     day, path = original
-    done = 0
-    while replay_done(lake, feed, root, done + 1):
-        done += 1
+    done = latest_replay(lake, feed, root)
     if done == 0:
         return ReplayPlan(feed, root, day, root, path, f"replay-{root}-1")
     latest = f"replay-{root}-{done}"

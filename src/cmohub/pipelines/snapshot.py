@@ -119,12 +119,6 @@ REPLAY_DAG = "quarantine_replay"
 REPLAY_RUN = re.compile(r"^replay-(?P<root>.+)-(?P<number>\d+)$")
 
 
-def _replay_step(run: str) -> tuple[str, int]:
-    """(the run a quarantine file belongs to at the root of its replay chain, its step)."""
-    match = REPLAY_RUN.fullmatch(run)
-    return (match.group("root"), int(match.group("number"))) if match else (run, 0)
-
-
 def replay_done(lake: Lake, feed: str, root: str, step: int) -> bool:
     """Whether replay ``step`` of ``root``'s quarantine for ``feed`` finished (its ledger,
     written last by :mod:`cmohub.pipelines.replay`, exists)."""
@@ -133,6 +127,20 @@ def replay_done(lake: Lake, feed: str, root: str, step: int) -> bool:
 
 def replay_ledger_name(feed: str) -> str:
     return f"replay.{feed}"
+
+
+def latest_replay(lake: Lake, feed: str, root: str) -> int:
+    """The step of the last finished replay of ``root``'s quarantine for ``feed`` (0: none)."""
+    done = 0
+    while replay_done(lake, feed, root, done + 1):
+        done += 1
+    return done
+
+
+def replay_chain(run: str) -> tuple[str, int]:
+    """(the run at the root of ``run``'s replay chain, ``run``'s step in it: 0 for the root)."""
+    match = REPLAY_RUN.fullmatch(run)
+    return (match.group("root"), int(match.group("number"))) if match else (run, 0)
 
 
 def load_quarantine(lake: Lake, *, up_to: date) -> list[dict[str, Any]]:
@@ -152,13 +160,10 @@ def load_quarantine(lake: Lake, *, up_to: date) -> list[dict[str, Any]]:
             continue
         found = re.search(r"^quarantine/([^/]+)/.*run=([^/]+)/records\.jsonl$", relative)
         feed, run = (found.group(1), found.group(2)) if found else ("", relative)
-        root, step = _replay_step(run)
+        root, step = replay_chain(run)
         files.append((feed, root, step, path))
         if (feed, root) not in latest:
-            done = 0
-            while replay_done(lake, feed, root, done + 1):
-                done += 1
-            latest[(feed, root)] = done
+            latest[(feed, root)] = latest_replay(lake, feed, root)
     for feed, root, step, path in files:
         if step != latest[(feed, root)]:
             continue
