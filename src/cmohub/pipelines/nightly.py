@@ -374,13 +374,18 @@ def _recipient_files(
     for recipient in sorted(recipients, key=lambda r: r.name):
         own = batches.filter(pc.equal(batches["cmo"], recipient.fin))
         own_ids = own["batch_id"]
-        names = []
+        subsets: dict[str, pa.Table] = {}
         for dataset, column in sorted(CMO_DATASETS.items()):
             table = tables[dataset]
             if column == "cmo":
-                subset = table.filter(pc.equal(table["cmo"], recipient.fin))
+                subsets[dataset] = table.filter(pc.equal(table["cmo"], recipient.fin))
             else:
-                subset = table.filter(pc.is_in(table[column], value_set=own_ids))
+                subsets[dataset] = table.filter(pc.is_in(table[column], value_set=own_ids))
+        subsets["exceptions"] = exceptions.filter(
+            pc.is_in(exceptions["batch_id"], value_set=own_ids)
+        )
+        names = []
+        for dataset, subset in subsets.items():  # the datasets in order, exceptions last
             path = f"deliveries/{recipient.name}/{dataset}.parquet.pgp"
             files.append(
                 ReleaseFile(
@@ -391,17 +396,6 @@ def _recipient_files(
                 )
             )
             names.append(path)
-        mine = exceptions.filter(pc.is_in(exceptions["batch_id"], value_set=own_ids))
-        path = f"deliveries/{recipient.name}/exceptions.parquet.pgp"
-        files.append(
-            ReleaseFile(
-                path,
-                encrypt(parquet_bytes(mine), recipient),
-                rows=mine.num_rows,
-                recipient=recipient.name,
-            )
-        )
-        names.append(path)
         listing.append(
             {
                 "recipient": recipient.name,
