@@ -21,7 +21,13 @@ from tests.conftest import need
 
 from cmohub.crypto import openpgp as pgp
 from cmohub.crypto.gnupg import GnupgBackend
-from cmohub.sandbox.deliver import BadDelivery, CorpusKeys, bad_message_corpus, corpus_keys
+from cmohub.sandbox.deliver import (
+    BAD_DELIVERY_NAMES,
+    BadDelivery,
+    CorpusKeys,
+    bad_message_corpus,
+    corpus_keys,
+)
 from cmohub.sensitive import Sensitive
 
 pytestmark = pytest.mark.integration
@@ -243,23 +249,7 @@ def test_a_large_file_streams_through_gnupg_in_both_directions(
     assert out.read_bytes() == big.read_bytes()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tampered_ciphertext",
-        "truncated",
-        "wrong_recipient",
-        "unpinned_signer",
-        "expired_key",
-        "revoked_key",
-        "unsigned",
-        "no_integrity_protection",
-        "weak_cipher",
-        "not_encrypted",
-        "bad_signature",
-        "not_openpgp",
-    ],
-)
+@pytest.mark.parametrize("name", BAD_DELIVERY_NAMES)
 def test_the_gnupg_backend_rejects_the_bad_message_corpus_with_the_same_codes(
     name: str,
     corpus: list[BadDelivery],

@@ -13,7 +13,13 @@ import pytest
 
 from cmohub.crypto import openpgp as pgp
 from cmohub.crypto.packets import scan_bytes
-from cmohub.sandbox.deliver import BadDelivery, CorpusKeys, bad_message_corpus, corpus_keys
+from cmohub.sandbox.deliver import (
+    BAD_DELIVERY_NAMES,
+    BadDelivery,
+    CorpusKeys,
+    bad_message_corpus,
+    corpus_keys,
+)
 from cmohub.sensitive import Sensitive
 
 PAYLOAD = (
@@ -71,23 +77,7 @@ def test_a_message_to_several_recipients_opens_for_each(keys: CorpusKeys) -> Non
         assert verified.data == PAYLOAD
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "tampered_ciphertext",
-        "truncated",
-        "wrong_recipient",
-        "unpinned_signer",
-        "expired_key",
-        "revoked_key",
-        "unsigned",
-        "no_integrity_protection",
-        "weak_cipher",
-        "not_encrypted",
-        "bad_signature",
-        "not_openpgp",
-    ],
-)
+@pytest.mark.parametrize("name", BAD_DELIVERY_NAMES)
 def test_every_bad_message_is_rejected_with_its_own_code_and_leaves_nothing(
     name: str, corpus: list[BadDelivery], keys: CorpusKeys, tmp_path: Path
 ) -> None:

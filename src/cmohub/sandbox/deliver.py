@@ -184,8 +184,32 @@ def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
 
 
+#: The names of :func:`bad_message_corpus`'s deliveries, in order (tests parametrize on them).
+BAD_DELIVERY_NAMES = (
+    "tampered_ciphertext",
+    "truncated",
+    "wrong_recipient",
+    "unpinned_signer",
+    "expired_key",
+    "revoked_key",
+    "unsigned",
+    "no_integrity_protection",
+    "weak_cipher",
+    "not_encrypted",
+    "bad_signature",
+    "not_openpgp",
+)
+
+
 def bad_message_corpus(payload: bytes, keys: CorpusKeys) -> list[BadDelivery]:
     """Deliveries of ``payload`` that must each be rejected with their own code."""
+    deliveries = _bad_deliveries(payload, keys)
+    if tuple(d.name for d in deliveries) != BAD_DELIVERY_NAMES:
+        raise AssertionError("BAD_DELIVERY_NAMES does not list the corpus")
+    return deliveries
+
+
+def _bad_deliveries(payload: bytes, keys: CorpusKeys) -> list[BadDelivery]:
     cmo, hub, other = keys.cmo, keys.hub, keys.other
     good = sign_encrypt(payload, signer=cmo, recipients=[hub.public], compress=False)
     assert good is not None
