@@ -63,7 +63,9 @@ def _close_clients() -> Iterator[None]:
 def client(server: FhirSandboxServer, auth: httpx.Auth | None = None) -> FhirClient:
     http = httpx.Client(auth=auth, timeout=10)
     _OPEN.append(http)
-    return FhirClient(http, server.fhir_base, sleep=lambda seconds: None)
+    return FhirClient(
+        http, server.fhir_base, retry=RetryPolicy.for_fhir(sleep=lambda seconds: None)
+    )
 
 
 def count_matches(pages: list, resource_type: str) -> int:  # type: ignore[type-arg]
@@ -260,5 +262,5 @@ def test_bulk_since_limits_the_files(sandbox_program: Path) -> None:
 
 
 def test_retry_policy_defaults_are_bounded() -> None:
-    policy = RetryPolicy()
+    policy = RetryPolicy.for_fhir()
     assert policy.attempts >= 2 and policy.max_wait_seconds <= 300

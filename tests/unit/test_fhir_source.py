@@ -40,8 +40,9 @@ def client_for(
     client = FhirClient(
         httpx.Client(transport=httpx.MockTransport(handler)),
         BASE,
-        retry=RetryPolicy(attempts=attempts, backoff_seconds=0.5, max_wait_seconds=30),
-        sleep=waits.append,
+        retry=RetryPolicy(
+            attempts=attempts, backoff_seconds=0.5, max_wait_seconds=30, sleep=waits.append
+        ),
     )
     return client, waits
 
@@ -89,6 +90,49 @@ def test_retry_after_as_an_http_date_and_a_cap() -> None:
     client, waits = client_for(lambda request: next(answers))
     list(client.search("Procedure", []))
     assert waits == [30.0]
+
+
+def test_retry_after_dates_and_waits_come_from_the_policy_clock_and_sleep() -> None:
+    """The shared policy's ``now`` dates Retry-After, its ``sleep`` waits (nothing real)."""
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    answers = iter(
+        [
+            httpx.Response(503, headers={"Retry-After": "Thu, 01 Jan 2026 12:00:45 GMT"}),
+            httpx.Response(500),
+            httpx.Response(200, json=page(1)),
+        ]
+    )
+    waits: list[float] = []
+    client = FhirClient(
+        httpx.Client(transport=httpx.MockTransport(lambda request: next(answers))),
+        BASE,
+        retry=RetryPolicy.for_fhir(sleep=waits.append, now=lambda: now),
+    )
+    assert client.sleep == waits.append  # bulk export polls wait with the same sleep
+    list(client.search("Procedure", []))
+    assert waits == [45.0, 2.0]  # the date against the injected clock; backoff 1 s doubled
+    assert client.retries == {"503": 1, "500": 1}
+
+
+def test_the_fhir_defaults_are_five_tries_doubling_from_one_second() -> None:
+    waits: list[float] = []
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503)
+
+    client = FhirClient(
+        httpx.Client(transport=httpx.MockTransport(handler)),
+        BASE,
+        retry=RetryPolicy.for_fhir(sleep=waits.append),
+    )
+    with pytest.raises(SourceUnavailable, match="HTTP 503 after 5 tries"):
+        client.get_payload("metadata")
+    assert len(calls) == 5 and waits == [1.0, 2.0, 4.0, 8.0]
+    default = FhirClient(httpx.Client(transport=httpx.MockTransport(handler)), BASE).retry
+    assert (default.attempts, default.backoff_seconds, default.max_wait_seconds) == (5, 1.0, 120.0)
+    assert default.malformed_page_attempts == 3
 
 
 def test_rate_limits_that_do_not_stop_become_a_transient_error() -> None:

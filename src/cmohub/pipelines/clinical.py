@@ -758,8 +758,7 @@ def sync_fhir(
             http,
             endpoint.base_url,
             version=version or FhirVersion.R4,
-            retry=RetryPolicy(),
-            sleep=sleep,
+            retry=RetryPolicy.for_fhir(sleep=sleep),
         )
         hub = _Hub.open(context)
         stack.callback(hub.close)

@@ -11,9 +11,11 @@ strategy; it never builds a session from the environment::
 Behaviour:
 
 * every request has a timeout (the client's, or ``timeout`` here);
-* 429 and 503 are retried after ``Retry-After`` (seconds or an HTTP date, capped), other 5xx,
-  timeouts and connection errors after an exponential backoff; when retries run out the error
-  is :class:`~cmohub.errors.SourceRateLimited` / :class:`~cmohub.errors.SourceUnavailable` /
+* 429 and 5xx are retried after ``Retry-After`` (seconds or an HTTP date, capped), or an
+  exponential backoff without one, as are timeouts and connection errors; waits, ``sleep`` and
+  clock come from the shared :class:`~cmohub.sources.rest.RetryPolicy` (FHIR defaults:
+  :meth:`~cmohub.sources.rest.RetryPolicy.for_fhir`); when retries run out the error is
+  :class:`~cmohub.errors.SourceRateLimited` / :class:`~cmohub.errors.SourceUnavailable` /
   :class:`~cmohub.errors.SourceTimeout` (Transient: the task is retried later);
 * other 4xx answers become :class:`~cmohub.errors.SourceError` whose message lists the
   OperationOutcome's issue codes and element paths (``SOURCE_FHIR_NOT_FOUND``,
@@ -27,7 +29,6 @@ Behaviour:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,29 +54,22 @@ from cmohub.formats.fhir import (
     parse_payload,
 )
 from cmohub.log import get_logger
-from cmohub.sources import rest
+from cmohub.sources.rest import RetryPolicy, retry_after_seconds
+
+__all__ = [
+    "FhirClient",
+    "FhirPage",
+    "LinkNextPaging",
+    "RetryPolicy",
+    "SearchWindow",
+    "lookback",
+    "retry_after_seconds",
+]
 
 log = get_logger("cmohub.sources.fhir")
 
 FHIR_JSON = "application/fhir+json"
 Params = list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry a request that failed for a passing reason."""
-
-    attempts: int = 5  # tries in all, per request
-    backoff_seconds: float = 1.0  # first wait without Retry-After; doubles each time
-    max_wait_seconds: float = 120.0  # cap on any wait, Retry-After included
-    malformed_page_attempts: int = 3
-
-
-def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    return rest.retry_after_seconds(value, now or datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -169,18 +163,21 @@ class FhirClient:
         version: FhirVersion = FhirVersion.R4,
         retry: RetryPolicy | None = None,
         timeout: float | httpx.Timeout | None = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
         paging: LinkNextPaging | None = None,
     ) -> None:
         self.http = client
         self.base_url = base_url.rstrip("/")
         self.version = version
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy.for_fhir()
         self.timeout = timeout
-        self.sleep = sleep
         self.paging = paging or LinkNextPaging(self.base_url)
         self.requests = 0
         self.retries: dict[str, int] = {}
+
+    @property
+    def sleep(self) -> Callable[[float], None]:
+        """The retry policy's ``sleep`` (bulk export polls wait with it too)."""
+        return self.retry.sleep
 
     def __repr__(self) -> str:
         return f"FhirClient({self.base_url!r}, {self.version.value})"
@@ -206,7 +203,6 @@ class FhirClient:
         url = self.url(path)
         where = urlsplit(url).path
         policy = self.retry
-        wait = policy.backoff_seconds
         for attempt in range(1, policy.attempts + 1):
             last = attempt == policy.attempts
             self.requests += 1
@@ -225,8 +221,7 @@ class FhirClient:
                         f"no answer within the timeout after {attempt} tries", where=where
                     ) from None
                 self._count_retry("timeout")
-                self.sleep(min(wait, policy.max_wait_seconds))
-                wait *= 2
+                policy.sleep(policy.wait_for(None, attempt))
                 continue
             except httpx.TransportError as error:
                 if last:
@@ -234,25 +229,25 @@ class FhirClient:
                         f"cannot reach the FHIR server ({type(error).__name__})", where=where
                     ) from None
                 self._count_retry("transport")
-                self.sleep(min(wait, policy.max_wait_seconds))
-                wait *= 2
+                policy.sleep(policy.wait_for(None, attempt))
                 continue
             status = response.status_code
             if status in accept:
                 return response
-            if status in (429, 503) or status >= 500:
-                delay = retry_after_seconds(response.headers.get("Retry-After"))
+            if status == 429 or status >= 500:
                 if last:
                     message = f"HTTP {status} after {attempt} tries"
                     if status == 429:
+                        # The server's own figure (uncapped; None without one), not our wait.
+                        delay = retry_after_seconds(
+                            response.headers.get("Retry-After"), policy.now()
+                        )
                         raise SourceRateLimited(
                             message, retry_after_seconds=delay, where=where
                         ) from None
                     raise SourceUnavailable(message, where=where)
                 self._count_retry(str(status))
-                self.sleep(min(delay if delay is not None else wait, policy.max_wait_seconds))
-                if delay is None:
-                    wait *= 2
+                policy.sleep(policy.wait_for(response, attempt))
                 continue
             raise self._error(response, where)
         raise SourceUnavailable("no attempt was made", where=where)  # pragma: no cover

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -82,30 +82,60 @@ def build_paging(options: Mapping[str, Any]) -> Paging:
 # --- retries -------------------------------------------------------------------------------------
 
 
+def _utc_now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries; ``sleep`` is injectable so tests do not wait."""
+    """Bounded retries for every HTTP connector (REST, EPCIS, courier, FHIR).
 
-    attempts: int = 4
-    backoff_seconds: float = 0.5
-    max_wait_seconds: float = 60.0
+    ``sleep`` and ``now`` are injectable so tests do not wait and HTTP-date ``Retry-After``
+    values are computed against a known clock. The defaults are the REST connectors';
+    :meth:`for_fhir` gives the FHIR client's.
+    """
+
+    attempts: int = 4  # tries in all, per request
+    backoff_seconds: float = 0.5  # first wait without Retry-After; doubles each attempt
+    max_wait_seconds: float = 60.0  # cap on any wait, Retry-After included
     sleep: Callable[[float], None] = time.sleep
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(tz=UTC))
+    now: Callable[[], datetime] = _utc_now
+    # FHIR only: fetches of a page that does not parse (FhirClient.get_payload), each a full
+    # request with its own ``attempts``; no wait between them.
+    malformed_page_attempts: int = 3
+
+    @classmethod
+    def for_fhir(
+        cls,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> RetryPolicy:
+        """The FHIR client's defaults: 5 tries, 1 s doubling backoff, waits capped at 120 s."""
+        return cls(
+            attempts=5,
+            backoff_seconds=1.0,
+            max_wait_seconds=120.0,
+            sleep=sleep,
+            now=now,
+            malformed_page_attempts=3,
+        )
 
     def wait_for(self, response: httpx.Response | None, attempt: int) -> float:
-        """Seconds to wait before the next attempt: Retry-After when given, else backoff."""
+        """Seconds to wait after failed ``attempt`` (1-based): Retry-After when the response
+        has a usable one, else the backoff for that attempt; capped at ``max_wait_seconds``."""
         header = response.headers.get("Retry-After") if response is not None else None
-        wait = self.backoff_seconds * (2 ** (attempt - 1))
-        if header:
-            parsed = retry_after_seconds(header, self.now())
-            if parsed is not None:
-                wait = parsed
+        parsed = retry_after_seconds(header, self.now()) if header else None
+        wait = parsed if parsed is not None else self.backoff_seconds * (2 ** (attempt - 1))
         return float(min(max(wait, 0.0), self.max_wait_seconds))
 
 
-def retry_after_seconds(value: str, now: datetime) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    text = value.strip()
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3); None when
+    absent or unreadable. ``now`` (default: the clock) is what an HTTP date is measured from."""
+    text = (value or "").strip()
+    if not text:
+        return None
     if text.isdigit():
         return float(text)
     try:
@@ -114,7 +144,7 @@ def retry_after_seconds(value: str, now: datetime) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return max(0.0, (when - (now or _utc_now())).total_seconds())
 
 
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
