@@ -56,7 +56,7 @@ from cmohub.sensitive import Sensitive
 from cmohub.vault import MemoryKeyProvider, Vault
 from cmohub.vault.audit import AUDIT_COLUMNS, AuditEvent, chain_rows, log_head
 from cmohub.vault.normalize import SystemRegistry
-from cmohub.vault.store import Store, run_transaction
+from cmohub.vault.store import Store, run_transaction, set_copy_types
 
 SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -201,7 +201,7 @@ def insert_floor(url: str, n: int) -> float:
                         f"COPY vault_coi ({_FLOOR_COLUMNS}) FROM STDIN (FORMAT BINARY)"
                     ) as copy,
                 ):
-                    copy.set_types(types)
+                    set_copy_types(cursor, copy, types)  # as the vault does
                     for row in rows:
                         copy.write_row(row)
                 driver.commit()

@@ -59,6 +59,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import pq
 from psycopg.adapt import Dumper
+from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.pool import StaticPool
@@ -375,6 +376,18 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 _BYTEA_OID, _TEXT_OID = 17, 25
 _ARRAY_HEADER = struct.Struct(">iiIii")  # dimensions, has NULLs, element type, length, lower bound
+
+
+def set_copy_types(cursor: Any, copy: Any, types: Sequence[str]) -> None:
+    """``copy.set_types(types)``, with bytea values dumped by psycopg's C dumper.
+
+    ``set_types`` takes the dumper registered last for each type's OID; for bytea that is
+    psycopg.dbapi20's ``Binary`` dumper, a Python subclass: one Python call per value, 15-30%
+    of a binary COPY's client time for vault rows. Registered on the cursor only (its own
+    copy of the connection's adapters); psycopg swaps in its C implementation when present.
+    """
+    cursor.adapters.register_dumper(bytes, BytesBinaryDumper)
+    copy.set_types(list(types))
 
 
 class _ByteaArray:
@@ -695,7 +708,7 @@ class Store:
                     f"COPY vault_coi ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
                 ) as copy,
             ):
-                copy.set_types([_PG_COPY_TYPES[_PG_TYPES[c]] for c in names])
+                set_copy_types(cursor, copy, [_PG_COPY_TYPES[_PG_TYPES[c]] for c in names])
                 write = copy.write_row
                 for chunk in chain([first], pending):
                     done.append(chunk)
@@ -726,7 +739,7 @@ class Store:
             driver.cursor() as cursor,
             cursor.copy(f"COPY vault_coi_incoming ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
         ):
-            copy.set_types([_PG_COPY_TYPES[_PG_TYPES[c]] for c in names])
+            set_copy_types(cursor, copy, [_PG_COPY_TYPES[_PG_TYPES[c]] for c in names])
             write = copy.write_row
             for row in rows:
                 write(row)
