@@ -117,6 +117,19 @@ def test_one_subject_and_event_get_one_coi_across_calls_and_within_a_batch(vault
     assert vault.status().cois_active == 2
 
 
+def test_a_batch_mixing_systems_gives_each_identity_its_own_coi(vault: Vault) -> None:
+    # The batch loop looks a policy up when the system changes: A, B, A, B must not share one.
+    other = "urn:cmohub:sandbox:mrn:A9991"
+    mixed = [
+        TokenizeRequest(ident("CANARY-MRN-0003", system), "ENR-3")
+        for system in (SYSTEM, other, SYSTEM, other)
+    ]
+    cois = vault.tokenize_many(mixed, actor=SERVICE)
+    assert cois[0] == cois[2] != cois[1] == cois[3]
+    assert vault.tokenize(ident("CANARY-MRN-0003", other), "ENR-3", actor=SERVICE) == cois[1]
+    assert vault.tokenize(ident("CANARY-MRN-0003"), "ENR-3", actor=SERVICE) == cois[0]
+
+
 def test_cois_are_random_valid_isbt128_for_the_configured_facility(tmp_path: Path) -> None:
     with Vault(
         f"sqlite:///{tmp_path}/v.sqlite", MemoryKeyProvider.generated(), fin="A9993", clock=Clock()

@@ -171,11 +171,16 @@ class _Refusal(Exception):
 class _IndexKey:
     """HMAC-SHA256 under one version of the index key."""
 
-    __slots__ = ("_base", "_prefixes", "version")
+    __slots__ = ("_base", "_event_base", "_prefixes", "_system_bases", "version")
 
     def __init__(self, key: bytes, version: int) -> None:
         self._base = crypto_hmac.HMAC(key, hashes.SHA256())
         self._prefixes: dict[str, bytes] = {}
+        # Batches copy an HMAC that has absorbed the message's constant prefix already: the
+        # same digests, without building prefix + value for every identity.
+        self._event_base = self._base.copy()
+        self._event_base.update(b"event\x00")
+        self._system_bases: dict[str, crypto_hmac.HMAC] = {}
         self.version = version
 
     def digest(self, data: bytes) -> bytes:
@@ -198,29 +203,37 @@ class _IndexKey:
         mac.update(b"event\x00" + event.encode())
         return mac.finalize()
 
+    def _system_base(self, system: str) -> crypto_hmac.HMAC:
+        base = self._system_bases.get(system)
+        if base is None:
+            base = self._base.copy()
+            base.update(b"subject\x00" + system.encode() + b"\x00")
+            if len(self._system_bases) < 1024:
+                self._system_bases[system] = base
+        return base
+
     def subjects(self, items: Sequence[_Prepared]) -> list[bytes]:
         """:meth:`subject` of each prepared identity (the loop of a batch, without calls)."""
-        copy = self._base.copy
-        prefixes: dict[str, bytes] = {}
         out: list[bytes] = []
         append = out.append
+        last_system: str | None = None
+        copy = self._base.copy  # replaced on the first item
         for system, value, _, _ in items:
-            prefix = prefixes.get(system)
-            if prefix is None:
-                prefix = prefixes[system] = b"subject\x00" + system.encode() + b"\x00"
+            if system is not last_system:
+                last_system, copy = system, self._system_base(system).copy
             mac = copy()
-            mac.update(prefix + value.encode())
+            mac.update(value.encode())
             append(mac.finalize())
         return out
 
     def events(self, items: Sequence[_Prepared]) -> list[bytes]:
         """:meth:`event` of each prepared identity's therapy event."""
-        copy = self._base.copy
+        copy = self._event_base.copy
         out: list[bytes] = []
         append = out.append
         for _, _, event, _ in items:
             mac = copy()
-            mac.update(b"event\x00" + event.encode())
+            mac.update(event.encode())
             append(mac.finalize())
         return out
 
@@ -637,10 +650,15 @@ class Vault:
         prepared: list[_Prepared] = []
         append = prepared.append
         with_demo = False
+        # A batch's identities mostly share one system: its policy is looked up when it changes.
+        last_system: str | None = None
+        policy = None
         for position, item in enumerate(items):
             identity = item.identity
             try:
-                policy = policy_of(identity.system)
+                if identity.system != last_system or policy is None:
+                    policy = policy_of(identity.system)
+                    last_system = identity.system
                 value = policy.normalize(identity.value.reveal())
                 event = item.therapy_event
                 event = normalize_event(event) if event is not None else ""
