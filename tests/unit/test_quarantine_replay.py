@@ -256,16 +256,17 @@ def test_a_replay_without_the_raw_file_fails_with_a_clear_code(settings: Setting
 def test_feeds_replay_cannot_serve_are_refused_by_name(settings: Settings) -> None:
     lake = Lake(settings.lake_root)
     entry = QuarantineEntry(
-        "logistics.temperature_reading",
-        SourceRef("ab" * 32, "event=3;report=1"),
-        (Reason("COI_CHECK_INVALID", "epcis", None),),
+        "master.site",
+        SourceRef("ab" * 32, "row=3"),
+        (Reason("MAPPING_VALUE_UNMAPPED", "mapping:master-sites", None),),
     )
     day = datetime(2026, 1, 20, tzinfo=UTC).date()
-    write_quarantine(lake, [entry], feed="logistics-epcis-sensor", day=day, run_id=RUN)
+    write_quarantine(lake, [entry], feed="master-sites", day=day, run_id=RUN)
     with pytest.raises(HubError) as refused:
-        replay_quarantine(settings, feed="logistics-epcis-sensor", run_id=RUN, port=Vault())
+        replay_quarantine(settings, feed="master-sites", run_id=RUN, port=Vault())
     assert refused.value.code == "REPLAY_UNSUPPORTED"
-    assert "logistics-epcis-sensor" in str(refused.value)
+    assert "master-sites" in str(refused.value)
+    assert "logistics-epcis-sensor" in str(refused.value)  # what is supported
 
 
 @pytest.mark.parametrize(

@@ -97,8 +97,8 @@ def replay(
 
     Records come back from the raw payloads the quarantine lines reference; those that pass
     are staged under the run replay-<run>-<n>, those that still fail are quarantined again.
-    Replaying again only takes what the last replay left quarantined. CMO feeds and the
-    courier shipment and leg feeds.
+    Replaying again only takes what the last replay left quarantined. CMO feeds, the
+    courier shipment and leg feeds, the EPCIS custody and sensor feeds and logger files.
 
     Example:  cmohub quarantine replay --feed cmo-acme-batches --run scheduled__2026-01-20
     """

@@ -21,6 +21,11 @@ it; what a run staged is remembered per feed (``state/<feed>/seen.parquet``: eve
 shipment digests), so the lookback window and reruns suppress it as duplicates instead of
 staging it twice; cursors move only after a run succeeded. Every record ends staged,
 quarantined or suppressed, and the ledger (``runs/<run>/<task>.json``) checks that.
+
+Quarantine replay (:mod:`cmohub.pipelines.replay`) re-enters the same staging functions,
+:func:`stage_epcis_payload` and :func:`stage_logger_file`, with a :class:`RecordSelection`:
+the locators the run quarantined. Only those records are staged, quarantined again or
+reported missing; the rest of the payload was counted by the run that received it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from cmohub.contracts.store import load_contract, load_product_catalog
 from cmohub.errors import ConfigError, ParseError
 from cmohub.formats.epcis import (
     EpcisEvent,
+    SensorReadings,
     mapping_record,
     parse_epcis_document,
     resolve_events,
@@ -86,6 +92,10 @@ FEED_LOGGERS = "logistics-logger-csv"
 ALERT_SCOPE = "logistics-alerts"
 PACKETS_DIR = "reports/packets"
 READINGS = "logistics.temperature_reading"
+#: The run lock of the EPCIS sync; a replay of an EPCIS feed holds it too (shared state).
+EPCIS_LOCK = "logistics:epcis"
+#: Quarantine locators that stand for a whole payload (it could not be read at all).
+WHOLE_PAYLOAD = frozenset({"file", "document"})
 
 
 # --- state: what was staged before ---------------------------------------------------------------
@@ -132,6 +142,65 @@ class Retractions:
         if len(self.keys) != self._size:
             self._lake.write_json(self._path, {"retracted": sorted(self.keys)})
             self._size = len(self.keys)
+
+
+# --- replay: which records of a payload ----------------------------------------------------------
+
+
+@dataclass
+class RecordSelection:
+    """The records of one payload that a quarantine replay re-stages, by locator (one feed's).
+
+    A record is selected by its own locator (``event=3``, ``event=3;element=1;report=2``,
+    ``row=12``) or by its event's (``event=3``: the whole event was quarantined); ``file`` or
+    ``document`` select every record of the payload, as an ingest run does
+    (:data:`ALL_RECORDS`). Locators no record answered are :meth:`missing`.
+    """
+
+    locators: frozenset[str]
+    found: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._events = frozenset(locator.split(";", 1)[0] for locator in self.locators)
+
+    @classmethod
+    def of(cls, locators: Iterable[str]) -> RecordSelection:
+        return cls(frozenset(locators))
+
+    @property
+    def whole(self) -> bool:
+        """Every record of the payload (what an ingest run stages)."""
+        return not self.locators.isdisjoint(WHOLE_PAYLOAD)
+
+    def has_event(self, locator: str) -> bool:
+        """Whether a record of the event at ``locator`` (``event=N``) is selected."""
+        return self.whole or locator in self._events
+
+    def take(self, locator: str) -> bool:
+        """Whether the record at ``locator`` is selected (remembered as found when it is)."""
+        if self.whole:
+            return True
+        for candidate in (locator, locator.split(";", 1)[0]):
+            if candidate in self.locators:
+                self.found.add(candidate)
+                return True
+        return False
+
+    def unreadable(self, whole_locator: str | None) -> list[str]:
+        """Where to quarantine records of a payload that cannot be read any more: the payload
+        (``whole_locator``; None when another feed counts it) or each selected record."""
+        if self.whole:
+            return [whole_locator] if whole_locator else []
+        self.found.update(self.locators)
+        return sorted(self.locators)
+
+    def missing(self) -> list[str]:
+        """Selected locators the payload did not answer (the reader no longer finds them)."""
+        return [] if self.whole else sorted(self.locators - self.found)
+
+
+#: What an ingest run stages: everything (never remembers what it found).
+ALL_RECORDS = RecordSelection(frozenset({"file"}))
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -282,6 +351,44 @@ class _EpcisStaging:
     run_id: str
     events: int = 0
 
+    def save_state(self) -> None:
+        """Remember the event keys and retractions of this run (before its ledger)."""
+        self.seen.save()
+        self.retractions.save()
+
+
+def open_epcis_staging(
+    context: RunContext,
+    port: IdentityPort,
+    ledger: RunLedger,
+    *,
+    feeds: Iterable[str] = (FEED_CUSTODY, FEED_SENSOR),
+) -> _EpcisStaging:
+    """Batches of both EPCIS feeds over the feed state. A page holds records of both; a feed
+    not in ``feeds`` (a replay of the other) gets a batch that is never staged, counted in
+    a ledger of its own that is never saved."""
+    wanted = set(feeds)
+
+    def batch(feed: str) -> FeedBatch:
+        counted = ledger if feed in wanted else RunLedger(task="unstaged")
+        return FeedBatch(FeedStager(context, feed, port=port, ledger=counted))
+
+    return _EpcisStaging(
+        custody=batch(FEED_CUSTODY),
+        sensor=batch(FEED_SENSOR),
+        seen=SeenKeys(context.lake, FEED_CUSTODY),
+        retractions=Retractions(context.lake),
+        run_id=context.path_run_id,
+    )
+
+
+@dataclass(frozen=True)
+class EpcisSelection:
+    """The records of one EPCIS payload a replay re-stages, per feed."""
+
+    custody: RecordSelection
+    sensor: RecordSelection
+
 
 def _temperature_reports(event: EpcisEvent) -> int:
     return sum(
@@ -292,14 +399,48 @@ def _temperature_reports(event: EpcisEvent) -> int:
     )
 
 
-def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> None:
-    """Stage one EPCIS document or query page: custody events and sensor readings."""
+def _selected_readings(readings: SensorReadings, select: RecordSelection) -> SensorReadings:
+    """The readings, rejections and summaries at selected locators (in their order)."""
+    keep = [i for i, locator in enumerate(readings.locator) if select.take(locator)]
+    return SensorReadings(
+        logger_id=[readings.logger_id[i] for i in keep],
+        shipment_id=[readings.shipment_id[i] for i in keep],
+        observed_at=[readings.observed_at[i] for i in keep],
+        celsius=[readings.celsius[i] for i in keep],
+        locator=[readings.locator[i] for i in keep],
+        rejected=[r for r in readings.rejected if select.take(r[0])],
+        conditions=[c for c in readings.conditions if select.take(c.locator)],
+        summaries=[s for s in readings.summaries if select.take(s.locator)],
+        other_reports=readings.other_reports,
+    )
+
+
+def stage_epcis_payload(
+    data: bytes, sha256: str, staging: _EpcisStaging, *, select: EpcisSelection | None = None
+) -> None:
+    """Stage one EPCIS document or query page: custody events and sensor readings.
+
+    ``select`` (a quarantine replay) limits it to the records a run quarantined: other
+    events are skipped, not counted (the run that received the page counted them). A
+    selected event is staged although its key is in :class:`SeenKeys` — it is there because
+    that run quarantined it, and the replay chain stages a quarantined record at most once.
+    A whole selection (``document``: the run could not read the page) is an ingest run's.
+    """
     custody, sensor = staging.custody, staging.sensor
     custody_ds, sensor_ds = custody.dataset, sensor.dataset
+    on_custody, on_sensor = (select.custody, select.sensor) if select else (ALL_RECORDS,) * 2
     try:
         document = parse_epcis_document(data)
     except ParseError as error:
-        custody.upstream.append(_entry(custody_ds, sha256, "document", error.code, "epcis"))
+        # A page that cannot be read is quarantined once, under the custody feed.
+        custody.upstream.extend(
+            _entry(custody_ds, sha256, locator, error.code, "epcis")
+            for locator in on_custody.unreadable("document")
+        )
+        sensor.upstream.extend(
+            _entry(sensor_ds, sha256, locator, error.code, "epcis")
+            for locator in on_sensor.unreadable(None)
+        )
         return
     staging.events += document.received
     resolution = resolve_events(document.events)
@@ -311,22 +452,26 @@ def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> Non
     sensor_events: list[EpcisEvent] = []
     for rejected in document.rejected:
         if rejected.sensor:
-            sensor_upstream.append(
-                _entry(sensor_ds, sha256, rejected.locator, rejected.code, "epcis")
-            )
-        else:
+            if on_sensor.take(rejected.locator):
+                sensor_upstream.append(
+                    _entry(sensor_ds, sha256, rejected.locator, rejected.code, "epcis")
+                )
+        elif on_custody.take(rejected.locator):
             custody_upstream.append(
                 _entry(custody_ds, sha256, rejected.locator, rejected.code, "epcis")
             )
     suppressed = [*resolution.duplicates, *resolution.declarations, *resolution.retracted]
     for event in suppressed:
         if event.is_sensor_event:
-            sensor_duplicates += _temperature_reports(event)
+            sensor_duplicates += _temperature_reports(event) if on_sensor.whole else 0
         else:
-            custody_duplicates += 1
+            custody_duplicates += 1 if on_custody.whole else 0
     processed: list[str] = []
     for event in resolution.kept:
-        if event.key in staging.seen:
+        chosen = on_sensor if event.is_sensor_event else on_custody
+        if not chosen.has_event(event.locator):
+            continue  # a replay's: not one of the records it re-stages
+        if chosen.whole and event.key in staging.seen:
             if event.is_sensor_event:
                 sensor_duplicates += _temperature_reports(event)
             else:
@@ -335,6 +480,8 @@ def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> Non
         processed.append(event.key)
         if event.is_sensor_event:
             sensor_events.append(event)
+        elif not chosen.take(event.locator):
+            continue
         elif event.coi is None:
             custody_upstream.append(
                 _entry(custody_ds, sha256, event.locator, "EPCIS_NO_COI", "epcis")
@@ -342,7 +489,8 @@ def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> Non
         else:
             custody_records.append(SourceRecord(event.locator, mapping_record(event)))
 
-    custody.add_records(sha256, custody_records)
+    if on_custody.whole or custody_records:
+        custody.add_records(sha256, custody_records)
     custody.upstream.extend(custody_upstream)
     custody.duplicates += custody_duplicates
 
@@ -351,15 +499,19 @@ def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> Non
     for event in sensor_events:
         coi = event.coi
         if coi is not None and validate_coi(coi) is not None:
+            locators = (
+                f"{event.locator};report={i}" for i in range(1, _temperature_reports(event) + 1)
+            )
             sensor_upstream.extend(
-                _entry(
-                    sensor_ds, sha256, f"{event.locator};report={i}", "COI_CHECK_INVALID", "epcis"
-                )
-                for i in range(1, _temperature_reports(event) + 1)
+                _entry(sensor_ds, sha256, locator, "COI_CHECK_INVALID", "epcis")
+                for locator in locators
+                if on_sensor.take(locator)
             )
         else:
             usable.append(event)
     readings = sensor_readings(usable)
+    if not on_sensor.whole:
+        readings = _selected_readings(readings, on_sensor)
     sensor_upstream.extend(
         _entry(sensor_ds, sha256, locator, code, "epcis") for locator, code, _ in readings.rejected
     )
@@ -367,17 +519,20 @@ def stage_epcis_payload(data: bytes, sha256: str, staging: _EpcisStaging) -> Non
         _entry(sensor_ds, sha256, s.locator, "EPCIS_SENSOR_SUMMARY_ONLY", "epcis")
         for s in readings.summaries
     )
-    table = readings_table(
-        logger_id=readings.logger_id,
-        shipment_id=readings.shipment_id,
-        observed_at=pa.array(readings.observed_at, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        celsius=readings.celsius,
-        locators=readings.locator,
-        feed=sensor.stager.feed,
-        run_id=staging.run_id,
-        source_sha256=sha256,
-    )
-    sensor.add_table(sha256, table)
+    if on_sensor.whole or readings.locator:
+        table = readings_table(
+            logger_id=readings.logger_id,
+            shipment_id=readings.shipment_id,
+            observed_at=pa.array(readings.observed_at, pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            celsius=readings.celsius,
+            locators=readings.locator,
+            feed=sensor.stager.feed,
+            run_id=staging.run_id,
+            source_sha256=sha256,
+        )
+        sensor.add_table(sha256, table)
     sensor.upstream.extend(sensor_upstream)
     sensor.duplicates += sensor_duplicates
     staging.seen.add(processed)
@@ -403,19 +558,13 @@ def sync_epcis(
     lookback = timedelta(minutes=int(options.get("lookback_minutes", 1440)))
     until = context.interval_end
     with (
-        run_lock(context.settings.home_dir, "logistics:epcis"),
+        run_lock(context.settings.home_dir, EPCIS_LOCK),
         _identity_port(context, port) as identity,
     ):
         if since is None:
             since = _window(lake, FEED_CUSTODY, lookback, until)
         ledger = RunLedger(task="sync_epcis")
-        staging = _EpcisStaging(
-            custody=FeedBatch(FeedStager(context, FEED_CUSTODY, port=identity, ledger=ledger)),
-            sensor=FeedBatch(FeedStager(context, FEED_SENSOR, port=identity, ledger=ledger)),
-            seen=SeenKeys(lake, FEED_CUSTODY),
-            retractions=Retractions(lake),
-            run_id=context.path_run_id,
-        )
+        staging = open_epcis_staging(context, identity, ledger)
         owns = client is None
         http = client or httpx.Client()
         pages = 0
@@ -444,8 +593,7 @@ def sync_epcis(
         staging.custody.stage()
         staging.sensor.stage()
         results = [staging.custody.stager.finish(), staging.sensor.stager.finish()]
-        staging.seen.save()
-        staging.retractions.save()
+        staging.save_state()
         path = ledger.save(context)
         save_cursor(lake, FEED_CUSTODY, until, run_id=context.path_run_id)
     log.info("sync_epcis: %d pages, %d events", pages, staging.events)
@@ -469,28 +617,51 @@ def _digest(record: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def stage_logger_file(data: bytes, sha256: str, batch: FeedBatch, run_id: str) -> None:
+def stage_logger_file(
+    data: bytes,
+    sha256: str,
+    batch: FeedBatch,
+    run_id: str,
+    *,
+    select: RecordSelection = ALL_RECORDS,
+) -> None:
     """Add one logger CSV export to the run's batch (vectorized; the mapping states the same
-    semantics row by row)."""
+    semantics row by row). ``select`` (a quarantine replay) limits it to the rows a run
+    quarantined; the others were counted by the run that received the file."""
     dataset = batch.dataset
     try:
         parsed = parse_logger_csv(data)
     except ParseError as error:
-        batch.upstream.append(_entry(dataset, sha256, "file", error.code, "loggers"))
+        batch.upstream.extend(
+            _entry(dataset, sha256, locator, error.code, "loggers")
+            for locator in select.unreadable("file")
+        )
         return
-    table = readings_table(
-        logger_id=parsed.logger_id,
-        shipment_id=parsed.shipment_id,
-        observed_at=parsed.observed_at,
-        celsius=parsed.celsius,
-        locators=parsed.locators(),
-        feed=batch.stager.feed,
-        run_id=run_id,
-        source_sha256=sha256,
-    )
-    batch.add_table(sha256, table)
+    locators = parsed.locators()
+    logger_id, shipment_id = parsed.logger_id, parsed.shipment_id
+    observed_at, celsius = parsed.observed_at, parsed.celsius
+    if not select.whole:
+        keep = [i for i, locator in enumerate(locators) if select.take(locator)]
+        taken = pa.array(keep, pa.int64())
+        logger_id, shipment_id = logger_id.take(taken), shipment_id.take(taken)
+        observed_at, celsius = observed_at.take(taken), celsius.take(taken)
+        locators = [locators[i] for i in keep]
+    if select.whole or locators:
+        table = readings_table(
+            logger_id=logger_id,
+            shipment_id=shipment_id,
+            observed_at=observed_at,
+            celsius=celsius,
+            locators=locators,
+            feed=batch.stager.feed,
+            run_id=run_id,
+            source_sha256=sha256,
+        )
+        batch.add_table(sha256, table)
     batch.upstream.extend(
-        _entry(dataset, sha256, f"row={row}", code, "loggers") for row, code, _ in parsed.rejected
+        _entry(dataset, sha256, f"row={row}", code, "loggers")
+        for row, code, _ in parsed.rejected
+        if select.take(f"row={row}")
     )
 
 

@@ -20,13 +20,32 @@ A replay that stopped before its ledger was written is redone under the same run
 parts (named by the payloads' SHA-256) are rewritten, not added.
 
 Supported: CMO feeds (files kept as received under ``raw/<cmo feed>/``, verified and
-decrypted again before use, read by :mod:`cmohub.pipelines.cmo`'s own staging) and the courier
+decrypted again before use, read by :mod:`cmohub.pipelines.cmo`'s own staging); the courier
 API feeds ``logistics-courier-shipments`` / ``-legs`` (pages kept under ``raw/courier/``,
-mapped by :class:`cmohub.pipelines.logistics.FeedBatch`). Refused with REPLAY_UNSUPPORTED:
-clinical feeds (after checking that their payloads were kept at all: RAW_NOT_KEPT with
-``CMOHUB_RAW_CLINICAL=none``), EPCIS custody and sensor feeds and logger files (staged by
-the logistics pipeline's own event and column code, which a replay does not re-enter), and
-master data.
+mapped by :class:`cmohub.pipelines.logistics.FeedBatch`); the EPCIS feeds
+``logistics-epcis-custody`` / ``-sensor`` (query pages kept under ``raw/epcis/``) and the
+logger files of ``logistics-logger-csv`` (``raw/logger_csv/``), re-entered through the
+logistics pipeline's own :func:`~cmohub.pipelines.logistics.stage_epcis_payload` and
+:func:`~cmohub.pipelines.logistics.stage_logger_file` with a
+:class:`~cmohub.pipelines.logistics.RecordSelection` of the quarantined locators, so that
+only those records are staged, quarantined again or reported missing.
+
+EPCIS state: the sync remembers the key of every event it staged *or quarantined*
+(``state/logistics-epcis-custody/seen.parquet``) and suppresses it as a duplicate when it
+comes again. A replayed event's key is there because the replayed run quarantined it, so a
+replay does not consult the seen keys for the events it selected (the chain above already
+stages a quarantined record at most once, and later syncs suppress the event as before); it
+adds nothing to them. A page the run could not read at all (``document``) left no key: its
+replay is staged like an ingest — events recorded since are duplicates, and its keys and
+error declarations are recorded — and is refused (REPLAY_UNSUPPORTED) when the page now
+holds sensor reports, which only a re-sync can stage (a redo of such a replay, interrupted
+after it recorded the keys, counts its events as duplicates: the part it wrote stays, once).
+Retractions from error declarations
+are applied when staged data is loaded, to replayed events as to any other. An EPCIS replay
+holds the EPCIS sync's run lock.
+
+Refused with REPLAY_UNSUPPORTED: clinical feeds (after checking that their payloads were
+kept at all: RAW_NOT_KEPT with ``CMOHUB_RAW_CLINICAL=none``) and master data.
 
 Nothing here prints or writes a value of a classified field: results carry counts, codes,
 run IDs, payload hashes, locators and lake paths.
@@ -46,7 +65,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
 
 from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
-from cmohub.errors import ConfigError
+from cmohub.errors import ConfigError, ParseError
 from cmohub.identity import IdentityPort
 from cmohub.lake import Lake, RawRef
 from cmohub.mapping.readers import SourceRecord, read_records
@@ -73,6 +92,18 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: Logistics feeds a replay serves: mapped row by row from the courier API pages kept raw.
 COURIER_FEEDS = frozenset({"logistics-courier-shipments", "logistics-courier-legs"})
 COURIER_RAW = "courier"
+#: Logistics feeds staged by the pipeline's own event and column code, from EPCIS query pages
+#: (one page holds records of both feeds) and logger CSV exports kept raw.
+EPCIS_FEEDS = frozenset({"logistics-epcis-custody", "logistics-epcis-sensor"})
+EPCIS_RAW = "epcis"
+LOGGER_FEEDS = frozenset({"logistics-logger-csv"})
+LOGGER_RAW = "logger_csv"
+#: Where the payloads of each replayable logistics feed are kept (``raw/<kind>/``).
+LOGISTICS_RAW = {
+    **dict.fromkeys(COURIER_FEEDS, COURIER_RAW),
+    **dict.fromkeys(EPCIS_FEEDS, EPCIS_RAW),
+    **dict.fromkeys(LOGGER_FEEDS, LOGGER_RAW),
+}
 
 
 # --- list ---------------------------------------------------------------------------------------
@@ -305,16 +336,28 @@ def _pick(
     if "file" in wanted:  # the whole payload was quarantined: every record of it
         return records, []
     chosen = [r for r in records if r.locator in wanted]
-    lost = [
+    missing = sorted(set(wanted) - {r.locator for r in chosen})
+    return chosen, _not_found(lines, missing, dataset=dataset, feed=feed, sha=sha)
+
+
+def _not_found(
+    lines: list[dict[str, Any]], missing: list[str], *, dataset: str, feed: str, sha: str
+) -> list[QuarantineEntry]:
+    """Entries for quarantined records (by locator) the payload no longer holds."""
+    by_locator = {str(line.get("source_locator")): line for line in lines}
+    return [
         QuarantineEntry(
             dataset,
             SourceRef(sha, locator),
             (Reason(RECORD_NOT_FOUND, f"replay:{feed}", None),),
-            key=_entry_key(wanted[locator]),
+            key=_entry_key(by_locator[locator]),
         )
-        for locator in sorted(set(wanted) - {r.locator for r in chosen})
+        for locator in missing
     ]
-    return chosen, lost
+
+
+def _locators(lines: list[dict[str, Any]]) -> list[str]:
+    return [str(line.get("source_locator")) for line in lines]
 
 
 def _replay_cmo(
@@ -368,6 +411,108 @@ def _replay_courier(
         chosen, lost = _pick(records, grouped[sha], dataset=batch.dataset, feed=feed, sha=sha)
         batch.upstream.extend(lost)
         batch.add_records(sha, chosen)
+    batch.stage()
+    return batch.stager.finish()
+
+
+def _replay_epcis(
+    context: RunContext,
+    feed: str,
+    grouped: dict[str, list[dict[str, Any]]],
+    *,
+    port: IdentityPort,
+    ledger: RunLedger,
+) -> StageResult:
+    """Re-stage custody events or sensor readings from the EPCIS pages kept in ``raw/epcis/``.
+
+    Through :func:`~cmohub.pipelines.logistics.stage_epcis_payload`, limited to the records
+    quarantined. Their event keys are in the feed's seen keys (the run quarantined them)
+    and not treated as duplicates; a page the run could not read at all (``document``) is
+    staged like an ingest's, against the seen keys and recording its own. The EPCIS sync's
+    lock is held: both write that state.
+    """
+    from cmohub.pipelines.logistics import (  # noqa: PLC0415
+        EPCIS_LOCK,
+        FEED_CUSTODY,
+        EpcisSelection,
+        RecordSelection,
+        open_epcis_staging,
+        stage_epcis_payload,
+    )
+
+    lake = context.lake
+    refs = _raw_refs(lake, EPCIS_RAW, False, list(grouped))
+    _refuse_sensor_pages(lake, feed, refs, grouped)
+    with run_lock(context.settings.home_dir, EPCIS_LOCK):
+        staging = open_epcis_staging(context, port, ledger, feeds=[feed])
+        batch = staging.custody if feed == FEED_CUSTODY else staging.sensor
+        for sha, ref in refs.items():
+            wanted = RecordSelection.of(_locators(grouped[sha]))
+            other = RecordSelection.of(())
+            select = (
+                EpcisSelection(custody=wanted, sensor=other)
+                if feed == FEED_CUSTODY
+                else EpcisSelection(custody=other, sensor=wanted)
+            )
+            ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+            stage_epcis_payload(lake.get_raw(ref), sha, staging, select=select)
+            batch.upstream.extend(
+                _not_found(
+                    grouped[sha], wanted.missing(), dataset=batch.dataset, feed=feed, sha=sha
+                )
+            )
+        batch.stage()
+        result = batch.stager.finish()
+        staging.save_state()
+    return result
+
+
+def _refuse_sensor_pages(
+    lake: Lake, feed: str, refs: dict[str, RawRef], grouped: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Refuse, before anything is written, a page quarantined whole that reads now and holds
+    sensor events: the custody feed counted it, but its readings belong to the sensor feed,
+    whose replay chain never received them."""
+    from cmohub.formats.epcis import parse_epcis_document  # noqa: PLC0415
+
+    for sha, lines in sorted(grouped.items()):
+        if "document" not in _locators(lines):
+            continue
+        try:
+            document = parse_epcis_document(lake.get_raw(refs[sha]))
+        except ParseError:
+            continue  # still unreadable: quarantined whole again
+        if any(event.is_sensor_event for event in document.events):
+            raise ConfigError(
+                f"an EPCIS page that {feed} quarantined whole can be read now and holds "
+                "sensor reports, which the sensor feed never received: re-ingest its window "
+                "with 'cmohub logistics sync --since' instead",
+                code="REPLAY_UNSUPPORTED",
+                where=f"{sha}#document",
+            )
+
+
+def _replay_loggers(
+    context: RunContext,
+    feed: str,
+    grouped: dict[str, list[dict[str, Any]]],
+    *,
+    port: IdentityPort,
+    ledger: RunLedger,
+) -> StageResult:
+    """Re-stage logger readings from the CSV exports kept in ``raw/logger_csv/``, through
+    :func:`~cmohub.pipelines.logistics.stage_logger_file`, limited to the rows quarantined."""
+    from cmohub.pipelines.logistics import FeedBatch, RecordSelection, stage_logger_file  # noqa: PLC0415
+
+    refs = _raw_refs(context.lake, LOGGER_RAW, False, list(grouped))
+    batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
+    for sha, ref in refs.items():
+        wanted = RecordSelection.of(_locators(grouped[sha]))
+        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+        stage_logger_file(context.lake.get_raw(ref), sha, batch, context.path_run_id, select=wanted)
+        batch.upstream.extend(
+            _not_found(grouped[sha], wanted.missing(), dataset=batch.dataset, feed=feed, sha=sha)
+        )
     batch.stage()
     return batch.stager.finish()
 
@@ -456,16 +601,16 @@ def replay_quarantine(
         grouped = _by_payload(read_quarantine_file(lake, plan.source))
         if kind == "clinical":
             _refuse_clinical(context, feed, grouped)
-        if config is None and feed not in COURIER_FEEDS:
+        if config is None and feed not in LOGISTICS_RAW:
             raise ConfigError(
                 f"replaying {feed} is not supported yet; supported: CMO feeds and "
-                f"{', '.join(sorted(COURIER_FEEDS))}",
+                f"{', '.join(sorted(LOGISTICS_RAW))}",
                 code="REPLAY_UNSUPPORTED",
                 where=feed,
             )
         _raw_refs(  # before the vault is opened
             lake,
-            config.name if config else COURIER_RAW,
+            config.name if config else LOGISTICS_RAW[feed],
             config.options.encrypted if config else False,
             list(grouped),
         )
@@ -474,6 +619,10 @@ def replay_quarantine(
         with _identity(settings, port) as identity:
             if config is not None:
                 staged = _replay_cmo(context, config, feed, grouped, port=identity, ledger=ledger)
+            elif feed in EPCIS_FEEDS:
+                staged = _replay_epcis(context, feed, grouped, port=identity, ledger=ledger)
+            elif feed in LOGGER_FEEDS:
+                staged = _replay_loggers(context, feed, grouped, port=identity, ledger=ledger)
             else:
                 staged = _replay_courier(context, feed, grouped, port=identity, ledger=ledger)
         result.ledger = ledger.save(context)  # last: it marks the replay done
