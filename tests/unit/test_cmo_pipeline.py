@@ -22,7 +22,9 @@ from cmohub.identifiers import Coi
 from cmohub.identity import Actor, CoiStatus, TokenizeRequest
 from cmohub.notify import Alert
 from cmohub.pipelines import cmo as pipeline
+from cmohub.lake import Lake
 from cmohub.pipelines.context import RunContext
+from cmohub.pipelines.replay import list_quarantine, replay_quarantine
 from cmohub.sandbox.deliver import CorpusKeys, bad_message_corpus, write_inbox_file
 from cmohub.settings import Settings, load_settings
 from cmohub.sources.checksums import sums_line
@@ -294,9 +296,26 @@ def test_a_file_no_mapping_can_read_is_quarantined_whole_and_the_run_goes_on(hub
     hub.deliver("cmo_borealis", "2026-02-03/LIMS_20260203.csv", _csv("cmo-borealis-qc-results"))
     result = hub.run("cmo_borealis")
     codes = result["stage"]["quarantine_codes"]
-    assert codes["PARSE_XML_INVALID"] == 1  # the truncated batch record, once for four mappings
-    assert codes["PARSE_XML_UNSAFE"] == 1  # entities refused, never expanded
+    # A batch record feeds four mappings: each one that cannot read it quarantines it, so each
+    # dataset counts what it misses and each can be replayed on its own.
+    assert codes["PARSE_XML_INVALID"] == 4  # the truncated batch record
+    assert codes["PARSE_XML_UNSAFE"] == 4  # entities refused, never expanded
     assert result["stage"]["staged"] == {"quality.qc_result": 5}
+    lake = Lake(hub.settings.lake_root)
+    unreadable = {"PARSE_XML_INVALID": 1, "PARSE_XML_UNSAFE": 1}
+    held = {run.feed for run in list_quarantine(lake) if run.codes == unreadable}
+    assert held == {
+        "cmo-borealis-batches",
+        "cmo-borealis-batch-steps",
+        "cmo-borealis-materials",
+        "cmo-borealis-deviations",
+    }
+    # Replaying a mapping other than the first reads both files again for that mapping.
+    replayed = replay_quarantine(
+        hub.settings, feed="cmo-borealis-deviations", run_id="test__cmo_borealis__1", port=Vault()
+    )
+    assert (replayed.received, replayed.valid, replayed.quarantined) == (2, 0, 2)
+    assert replayed.quarantine_codes == unreadable
 
 
 def _add_column(text: bytes) -> bytes:

@@ -558,28 +558,29 @@ def open_raw(context: RunContext, config: CmoFeed, ref: RawRef, keys: _Keys) -> 
 
 
 def read_file(
-    staging: FileStaging, mapping: str, sha256: str, plaintext: bytes, *, quarantine: bool = True
+    staging: FileStaging, mapping: str, sha256: str, plaintext: bytes
 ) -> list[SourceRecord] | None:
     """The file's records for ``mapping``, or None when it cannot read the file at all.
 
-    An unreadable file is quarantined whole (PARSE_*) under ``mapping`` when ``quarantine``.
+    An unreadable file is quarantined whole (PARSE_*) under ``mapping``: a file that feeds
+    several mappings is quarantined under each one that cannot read it, so that each of
+    their datasets counts what it is missing and each can be replayed on its own.
     """
     spec = staging.batch(mapping).compiled.spec
     try:
         return list(read_records(spec.source, plaintext))
     except MappingError as error:
-        if quarantine:
-            staging.reject_file(
-                mapping,
-                sha256,
-                QuarantineEntry(
-                    dataset=spec.dataset,
-                    source=SourceRef(sha256, "file"),
-                    reasons=(
-                        Reason(_parse_code(error, spec.source.format), f"mapping:{mapping}", None),
-                    ),
+        staging.reject_file(
+            mapping,
+            sha256,
+            QuarantineEntry(
+                dataset=spec.dataset,
+                source=SourceRef(sha256, "file"),
+                reasons=(
+                    Reason(_parse_code(error, spec.source.format), f"mapping:{mapping}", None),
                 ),
-            )
+            ),
+        )
         return None
 
 
@@ -634,10 +635,7 @@ def _stage(
             plaintext = open_raw(context, config, ref, keys)
             parse_failed = False
             for mapping in item["routes"]:
-                # One file, one quarantined "record", whatever mapping fails to read it.
-                records = read_file(
-                    staging, mapping, item["sha256"], plaintext, quarantine=not parse_failed
-                )
+                records = read_file(staging, mapping, item["sha256"], plaintext)
                 if records is None:
                     parse_failed = True
                     continue
