@@ -20,9 +20,9 @@ from cmohub.crypto import openpgp as pgp
 from cmohub.crypto.keyring import Keyring
 from cmohub.identifiers import Coi
 from cmohub.identity import Actor, CoiStatus, TokenizeRequest
+from cmohub.lake import Lake
 from cmohub.notify import Alert
 from cmohub.pipelines import cmo as pipeline
-from cmohub.lake import Lake
 from cmohub.pipelines.context import RunContext
 from cmohub.pipelines.replay import list_quarantine, replay_quarantine
 from cmohub.sandbox.deliver import CorpusKeys, bad_message_corpus, write_inbox_file
