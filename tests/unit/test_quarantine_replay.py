@@ -271,15 +271,17 @@ def test_feeds_replay_cannot_serve_are_refused_by_name(settings: Settings) -> No
 
 @pytest.mark.parametrize(
     ("policy", "code"),
-    [(RawClinicalPolicy.NONE, "RAW_NOT_KEPT"), (RawClinicalPolicy.ENCRYPTED, "REPLAY_UNSUPPORTED")],
+    [(RawClinicalPolicy.NONE, "RAW_NOT_KEPT"), (RawClinicalPolicy.ENCRYPTED, None)],
 )
 def test_clinical_replay_says_what_is_missing_and_leaks_no_identifier(
     sandbox_program: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     policy: RawClinicalPolicy,
-    code: str,
+    code: str | None,
 ) -> None:
+    """Payloads not kept: a clear refusal; kept (encrypted): replayed (more in
+    test_quarantine_replay_clinical.py). Either way no identifier is shown."""
     home = tmp_path / "home"
     monkeypatch.setenv("CMOHUB_HOME", str(home))
     monkeypatch.setenv("CMOHUB_RAW_CLINICAL", policy.value)
@@ -295,13 +297,17 @@ def test_clinical_replay_says_what_is_missing_and_leaks_no_identifier(
     listed = cli("list", "--json")
     assert [q["feed"] for q in json.loads(listed.output)] == ["clinical-fhir-procedure"]
     outcome = cli("replay", "--feed", "clinical-fhir-procedure", "--run", run)
-    assert isinstance(outcome.exception, HubError)
-    assert outcome.exception.code == code
-    if policy is RawClinicalPolicy.NONE:
+    if code is None:  # the malformed resource is still malformed: quarantined again
+        assert outcome.exit_code == 0, outcome.output
+        assert "1 received = 0 staged + 1 quarantined again" in outcome.output
+    else:
+        assert isinstance(outcome.exception, HubError)
+        assert outcome.exception.code == code
         assert "CMOHUB_RAW_CLINICAL=none" in str(outcome.exception)
+        assert not Path(settings.lake_root, "runs", f"replay-{run}-1").exists()
 
     shown = tmp_path / "shown.txt"
-    shown.write_text(listed.output + str(outcome.exception))
+    shown.write_text(listed.output + outcome.output + str(outcome.exception))
     assert_no_canaries(
         [home, shown],
         sandbox_program / "truth.json",

@@ -98,9 +98,13 @@ def replay(
     Records come back from the raw payloads the quarantine lines reference; those that pass
     are staged under the run replay-<run>-<n>, those that still fail are quarantined again.
     Replaying again only takes what the last replay left quarantined. CMO feeds, the
-    courier shipment and leg feeds, the EPCIS custody and sensor feeds and logger files.
+    courier shipment and leg feeds, the EPCIS custody and sensor feeds, logger files, and
+    the clinical FHIR and HL7 mapping feeds (clinical-fhir-*, clinical-hl7-*: read again from
+    the encrypted raw store; not the intake feeds clinical-fhir and clinical-hl7).
 
     Example:  cmohub quarantine replay --feed cmo-acme-batches --run scheduled__2026-01-20
+
+    Example:  cmohub quarantine replay --feed clinical-fhir-procedure --run scheduled__2026-06-01
     """
     from cmohub.pipelines.replay import replay_quarantine
     from cmohub.settings import load_settings
@@ -117,9 +121,10 @@ def replay(
         )
         return
     typer.echo(f"{feed}: replayed {result.read_from}'s quarantine as run {result.run_id}")
+    duplicates = f" + {result.duplicates} duplicate(s)" if result.duplicates else ""
     typer.echo(
         f"  records    {result.received} received = {result.valid} staged + "
-        f"{result.quarantined} quarantined again"
+        f"{result.quarantined} quarantined again{duplicates}"
     )
     for code, count in sorted(result.quarantine_codes.items()):
         typer.echo(f"  quarantine {code:<39} {count}")

@@ -35,8 +35,38 @@ only encrypted (:mod:`cmohub.sources.raw_clinical`), or not at all with
 ``CMOHUB_RAW_CLINICAL=none``. Source references read ``<batch manifest sha256>#input=<n>/
 <locator>``: the manifest names the payload, the payload the record.
 
+Quarantine replay (:func:`restage_quarantined`, called by :mod:`cmohub.pipelines.replay`):
+the same intake classes stage a replay, given a :class:`Reentry` — the original run's batch
+manifest and the quarantined locators of one mapping feed. The intake reads that batch again
+from the encrypted store (no new manifest, no file registration: a replay is not a
+delivery), so re-quarantined records keep naming the same manifest and input numbers, and
+only the selected records reach :func:`_stage_feed` (mapping, vault screening, tokenizing,
+contract), under the replay's run. What becomes of the intake's per-run state:
+
+* patient index (FHIR): rebuilt from *every* payload of the original batch, as the run built
+  it (a record's Patient may have come in another page, or the ``Patient`` reads of
+  unresolved subjects); the subject policy is that of every FHIR mapping, as in a sync.
+* message routing (HL7): the batch's messages are routed again by the *current* mappings'
+  message types; a selected message no longer routed to the feed is REPLAY_RECORD_NOT_FOUND.
+  ADT updates and merges belong to the intake feed ``clinical-hl7`` and are not applied
+  again (the run applied them, or quarantined them there).
+* duplicate registry (:class:`~cmohub.sources.seen.SeenRegistry`): a replay claims the
+  selected records' keys *for the root run* of the replay chain (``Reentry.claim_as``),
+  not for itself. A key the run claimed is the run's own, so a record is never refused as a
+  duplicate of itself; a key the run could not claim (an HL7 message it could not parse) is
+  claimed for it now, unless another run claimed it since — the sender re-sent the message
+  and that run staged it — and then the replayed record is counted a duplicate, not staged
+  twice. Nothing is claimed for ``replay-*`` runs, so later incremental syncs see exactly
+  the keys they would have seen without the replay, and suppress the same versions.
+* the sync's window, cursor and Bulk state are not read or moved: a replay fetches nothing.
+
+The replay chain (one replay reads the previous one's quarantine) keeps a record from being
+staged twice by replays; the registry above keeps it from being staged by a replay and a
+later run.
+
 Error codes raised here: ``CLINICAL_ENROLLMENTS_MISSING``, ``CLINICAL_NO_FHIR_ENDPOINT``
-(ConfigError), ``CLINICAL_FHIR_MODE`` (ConfigError).
+(ConfigError), ``CLINICAL_FHIR_MODE`` (ConfigError), ``RAW_NOT_KEPT`` and
+``REPLAY_UNSUPPORTED`` (ConfigError, replay).
 """
 
 from __future__ import annotations
@@ -85,7 +115,7 @@ from cmohub.formats.records import (
 )
 from cmohub.identifiers import Coi
 from cmohub.identity import Actor, CoiStatus, SubjectIdentity, TokenizeRequest
-from cmohub.lake import Lake, sha256_hex
+from cmohub.lake import Lake, RawRef, sha256_hex
 from cmohub.log import get_logger
 from cmohub.mapping.engine import (
     MappedRow,
@@ -101,7 +131,7 @@ from cmohub.mapping.spec import CompiledMapping, MappingSpec, compile_mapping
 from cmohub.mapping.store import load_mappings
 from cmohub.pipelines.context import RunContext
 from cmohub.pipelines.ledger import FeedCounts, RunLedger
-from cmohub.pipelines.stage import FeedStager
+from cmohub.pipelines.stage import FeedStager, StageResult
 from cmohub.pipelines.state import load_cursor, save_cursor
 from cmohub.sensitive import Sensitive
 from cmohub.sources.auth import auth_for
@@ -109,7 +139,14 @@ from cmohub.sources.endpoint import EndpointLike, SourceEndpoint
 from cmohub.sources.fhir import FhirClient, RetryPolicy, SearchWindow
 from cmohub.sources.fhir_bulk import BulkExport
 from cmohub.sources.hl7 import Hl7Input, MllpSpool, iter_inbox
-from cmohub.sources.raw_clinical import BatchManifest, RawClinicalStore, input_locator
+from cmohub.sources.raw_clinical import (
+    BATCH_KIND,
+    BatchManifest,
+    RawClinicalStore,
+    input_locator,
+    load_batch_manifest,
+    split_input_locator,
+)
 from cmohub.sources.registry import FileRegistry
 from cmohub.sources.seen import SeenRegistry
 from cmohub.vault import SYSTEMS_FILE, Vault, key_provider_for, open_vault
@@ -190,29 +227,109 @@ class _Hub:
     files: FileRegistry
     seen: SeenRegistry
     systems: SystemRegistry
+    owns_vault: bool = True
 
     @property
     def lake(self) -> Lake:
         return self.context.lake
 
     @classmethod
-    def open(cls, context: RunContext) -> _Hub:
+    def open(cls, context: RunContext, *, vault: Vault | None = None) -> _Hub:
+        """Open what the settings name; ``vault``: one the caller opened (and will close)."""
         settings = context.settings
-        vault = open_vault(settings)
         return cls(
             context=context,
-            vault=vault,
+            vault=vault if vault is not None else open_vault(settings),
             raw=RawClinicalStore(
                 context.lake, key_provider_for(settings), policy=settings.raw_clinical
             ),
             files=FileRegistry.from_url(settings.hub_database_url),
             seen=SeenRegistry.from_url(settings.hub_database_url),
             systems=load_systems(settings.home_dir / SYSTEMS_FILE),
+            owns_vault=vault is None,
         )
 
     def close(self) -> None:
-        self.vault.close()
+        if self.owns_vault:
+            self.vault.close()
         self.seen.dispose()
+
+    def kept_inputs(
+        self, manifest_sha: str, only: Iterable[int] | None = None
+    ) -> Iterator[tuple[int, dict[str, Any], bytes]]:
+        """The payloads of a kept batch (``only`` those numbers), decrypted one at a time:
+        (input number, its manifest item, plaintext). RAW_NOT_KEPT when the manifest or a
+        payload is not in the lake."""
+        if not self.lake.path(RawRef(manifest_sha, 0, BATCH_KIND, False).relative_path).exists():
+            raise ConfigError(
+                "the batch manifest of these records is not in the lake",
+                code="RAW_NOT_KEPT",
+                where=manifest_sha,
+            )
+        manifest = load_batch_manifest(self.lake, manifest_sha)
+        wanted = set(only) if only is not None else None
+        for number, item in enumerate(manifest["inputs"], start=1):
+            if wanted is None or number in wanted:
+                yield number, item, self.raw.get(str(item["sha256"]))
+
+
+@dataclass
+class Reentry:
+    """A quarantine replay's way back into the intake: which records of which batch.
+
+    ``locators`` are quarantined records of ``feed`` (``input=<n>/entry=<k>``,
+    ``input=<n>/message=<m>`` for a whole message, ``input=<n>/message=<m>/ORC=<k>``) in the
+    batch ``manifest_sha``; a message's locator selects each of its records. ``claim_as`` is
+    the run the records' duplicate keys are claimed for: the root of the replay chain (see
+    "Quarantine replay" in the module doc). Locators no record answered are :meth:`missing`.
+    """
+
+    feed: str
+    manifest_sha: str
+    locators: frozenset[str]
+    claim_as: str
+    #: Quarantine entries (of a dataset) for locators no record answered: the replay's.
+    on_missing: Callable[[str, list[str]], list[QuarantineEntry]]
+    found: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._under = frozenset(a for loc in self.locators for a in _ancestors(loc))
+
+    @property
+    def inputs(self) -> set[int]:
+        """The batch's input numbers that hold selected records."""
+        return {split_input_locator(x)[0] for x in self.locators}
+
+    def has(self, locator: str) -> bool:
+        """Whether a selected record is at or under ``locator`` (a message, an entry)."""
+        return locator in self._under
+
+    def take(self, locator: str) -> bool:
+        """Whether the record at ``locator`` (or its whole message) is selected; remembered."""
+        for candidate in _ancestors(locator):
+            if candidate in self.locators:
+                self.found.add(candidate)
+                return True
+        return False
+
+    def take_whole(self, locator: str) -> int:
+        """:meth:`take` for a message rejected or suppressed whole: it answers for each of its
+        selected records; how many."""
+        answered = {x for x in self.locators if locator in _ancestors(x)}
+        self.found.update(answered)
+        return len(answered)
+
+    def missing(self) -> list[str]:
+        return sorted(self.locators - self.found)
+
+    def not_found(self, dataset: str) -> list[QuarantineEntry]:
+        return self.on_missing(dataset, self.missing())
+
+
+def _ancestors(locator: str) -> list[str]:
+    """``input=1/message=3/ORC=2`` -> itself and ``input=1/message=3`` (not the payload)."""
+    parts = locator.split("/")
+    return ["/".join(parts[:end]) for end in range(len(parts), 1, -1)] or [locator]
 
 
 def _resource_id(entry: Any) -> str | None:
@@ -285,6 +402,8 @@ class _FeedBatch:
     rejected: list[tuple[str, FormatProblem]] = field(default_factory=list)  # locator, why
     duplicates: int = 0
     outside_window: int = 0
+    #: Quarantine entries made before mapping by a replay (records its payload no longer holds).
+    upstream: list[QuarantineEntry] = field(default_factory=list)
 
     @property
     def feed(self) -> str:
@@ -292,7 +411,7 @@ class _FeedBatch:
 
     @property
     def received(self) -> int:
-        return len(self.records) + len(self.rejected) + self.duplicates
+        return len(self.records) + len(self.rejected) + self.duplicates + len(self.upstream)
 
 
 def _stage_feed(
@@ -303,13 +422,16 @@ def _stage_feed(
     *,
     port: LinkagePort,
     rule: str,
-) -> dict[str, Any]:
+) -> StageResult:
     """Map, screen, resolve, validate and stage one feed's batch (one staging step)."""
     context = hub.context
     stager = FeedStager(context, batch.compiled, port=port, ledger=ledger)
     upstream = [
-        _malformed_entry(batch.spec.dataset, manifest_sha, locator, problem, rule)
-        for locator, problem in batch.rejected
+        *batch.upstream,
+        *(
+            _malformed_entry(batch.spec.dataset, manifest_sha, locator, problem, rule)
+            for locator, problem in batch.rejected
+        ),
     ]
     mapped = apply_mapping(
         batch.compiled, batch.records, run_id=context.path_run_id, source_sha256=manifest_sha
@@ -326,7 +448,10 @@ def _stage_feed(
         upstream=[*upstream, *mapped.quarantine_entries(stager.key_fields)],
         upstream_duplicates=batch.duplicates,
     )
-    result = stager.finish()
+    return stager.finish()
+
+
+def _feed_summary(result: StageResult, batch: _FeedBatch) -> dict[str, Any]:
     summary = result.to_dict()
     summary.pop("findings", None)
     summary["outside_window"] = batch.outside_window
@@ -423,8 +548,21 @@ def _resource_key(resource: Mapping[str, Any]) -> str | None:
     return f"{resource.get('resourceType')}/{resource_id}/_history/{version}"
 
 
+#: How each kind of kept FHIR payload was parsed (``ndjson``), to read it again the same way.
+_NDJSON_BY_KIND: dict[str, bool | None] = {
+    "fhir-page": False,
+    "fhir-patients": False,
+    "fhir-bulk": True,
+    "fhir-file": None,
+}
+
+
 class FhirIntake:
-    """Collects FHIR payloads of one run (pages, bulk files, local files) and stages them."""
+    """Collects FHIR payloads of one run (pages, bulk files, local files) and stages them.
+
+    With a :class:`Reentry` (a quarantine replay), it reads the original run's batch again
+    instead (:meth:`reenter`) and stages only the selected records of the reentry's feed.
+    """
 
     def __init__(
         self,
@@ -433,11 +571,13 @@ class FhirIntake:
         feeds: Sequence[str] | None = None,
         version: FhirVersion | None = None,
         window: SearchWindow | None = None,
+        reentry: Reentry | None = None,
     ) -> None:
         self.hub = hub
         self.specs = _mapping_feeds(FHIR_PREFIX, feeds)
         self.version = version
         self.window = window
+        self.reentry = reentry
         self.policy = _policy(self.specs)
         patient_version = version or (self.version_for(self.specs[0]) if self.specs else None)
         self.patients = PatientIndex(self.policy, patient_version or FhirVersion.R4)
@@ -445,6 +585,7 @@ class FhirIntake:
         self.by_type: dict[str, list[tuple[int, FhirEntry]]] = {}
         self.payload_problems: list[tuple[str, FormatProblem]] = []
         self.outcomes: list[dict[str, Any]] = []
+        self.results: dict[str, StageResult] = {}
 
     @property
     def resource_types(self) -> list[str]:
@@ -461,6 +602,17 @@ class FhirIntake:
         """Keep one payload (encrypted) and collect its entries."""
         sha256, _ = self.hub.raw.put(data)
         number = self.manifest.add(sha256, source=source, kind=kind)
+        self._collect(number, data, ndjson=ndjson)
+
+    def reenter(self) -> None:
+        """Collect the reentry's batch again, every payload of it: the Patients of the whole
+        run are the subjects' identity context, as they were for the run."""
+        assert self.reentry is not None
+        for number, item, data in self.hub.kept_inputs(self.reentry.manifest_sha):
+            self._collect(number, data, ndjson=_NDJSON_BY_KIND.get(str(item.get("kind"))))
+
+    def _collect(self, number: int, data: bytes, *, ndjson: bool | None) -> None:
+        """Index the payload's Patients and collect its entries by resource type."""
         try:
             payload = parse_payload(data, ndjson=ndjson)
         except ParseError as error:
@@ -502,12 +654,17 @@ class FhirIntake:
 
     def _batches(self) -> tuple[list[_FeedBatch], _Rejections]:
         hub = self.hub
-        run_id = hub.context.path_run_id
+        reentry = self.reentry
+        run_id = reentry.claim_as if reentry else hub.context.path_run_id
         batches: list[_FeedBatch] = []
         for spec in self.specs:
+            entries = self.by_type.pop(spec.source.resource_type or "", [])
+            if reentry is not None:
+                if spec.name != reentry.feed:
+                    continue
+                entries = [(n, e) for n, e in entries if reentry.take(input_locator(n, e.locator))]
             batch = _FeedBatch(spec, compile_mapping(spec))
             version = self.version_for(spec)
-            entries = self.by_type.pop(spec.source.resource_type or "", [])
             kept: list[tuple[int, FhirEntry]] = []
             for number, entry in entries:
                 meta = (entry.resource or {}).get("meta")
@@ -533,6 +690,9 @@ class FhirIntake:
                     batch.records.append(SourceRecord(locator, outcome))
             batches.append(batch)
         intake = _Rejections()
+        if reentry is not None:  # the intake feed's records are not replayed
+            self.by_type.clear()
+            return batches, intake
         for locator, problem in self.payload_problems:
             intake.rejected.append((locator, problem))
         for kind_of, entries in sorted(self.by_type.items()):
@@ -564,22 +724,39 @@ class FhirIntake:
         return batches, intake
 
     def stage(self, ledger: RunLedger) -> dict[str, Any]:
-        """Stage every feed's batch; intake rejections go to the ``clinical-fhir`` feed."""
+        """Stage every feed's batch; intake rejections go to the ``clinical-fhir`` feed.
+
+        With a reentry: only its feed, from its batch (no new manifest), always (a replay
+        writes its counts even when nothing is found).
+        """
         hub = self.hub
-        manifest_sha = self.manifest.save(hub.lake)
-        ledger.inputs.append(
-            {"feed": FHIR_INTAKE, "manifest": manifest_sha, "payloads": len(self.manifest.inputs)}
-        )
+        reentry = self.reentry
+        if reentry is None:
+            manifest_sha = self.manifest.save(hub.lake)
+            ledger.inputs.append(
+                {
+                    "feed": FHIR_INTAKE,
+                    "manifest": manifest_sha,
+                    "payloads": len(self.manifest.inputs),
+                }
+            )
+        else:
+            manifest_sha = reentry.manifest_sha
+            ledger.inputs.append({"feed": FHIR_INTAKE, "manifest": manifest_sha, "replay": True})
         batches, intake = self._batches()
         port = LinkagePort(hub.vault)
         feeds: dict[str, Any] = {}
         findings: list[dict[str, Any]] = []
         for batch in batches:
-            if not batch.received:
+            if reentry is not None:
+                batch.upstream.extend(reentry.not_found(batch.spec.dataset))
+            elif not batch.received:
                 continue  # nothing arrived for this feed: no empty report, no validation
-            feeds[batch.feed] = _stage_feed(
+            result = _stage_feed(
                 hub, ledger, batch, manifest_sha, port=port, rule=f"format:fhir:{batch.feed}"
             )
+            self.results[batch.feed] = result
+            feeds[batch.feed] = _feed_summary(result, batch)
             findings.extend(port.findings(batch.feed))
             port.mismatched_records = port.new_cois = 0
             port.mismatched_fields.clear()
@@ -587,7 +764,7 @@ class FhirIntake:
             feeds[FHIR_INTAKE] = _quarantine_intake(
                 hub, ledger, FHIR_INTAKE, intake, manifest_sha=manifest_sha, rule="format:fhir"
             )
-        if self.outcomes:
+        if self.outcomes and reentry is None:
             findings.append(
                 {
                     "code": "FHIR_OPERATION_OUTCOME",
@@ -886,10 +1063,19 @@ def ingest_fhir_files(
 
 
 class Hl7Intake:
-    """Collects HL7 payloads of one run (inbox files, MLLP spool), routes messages, stages."""
+    """Collects HL7 payloads of one run (inbox files, MLLP spool), routes messages, stages.
 
-    def __init__(self, hub: _Hub, *, feeds: Sequence[str] | None = None) -> None:
+    With a :class:`Reentry` (a quarantine replay), it reads the original run's batch again
+    instead (:meth:`reenter`), routes its messages with the current mappings and stages only
+    the selected records of the reentry's feed; ADT updates and merges (the intake feed's)
+    are not applied again.
+    """
+
+    def __init__(
+        self, hub: _Hub, *, feeds: Sequence[str] | None = None, reentry: Reentry | None = None
+    ) -> None:
         self.hub = hub
+        self.reentry = reentry
         self.specs = _mapping_feeds(HL7_PREFIX, feeds)
         self.policy = _policy(self.specs)
         self.manifest = BatchManifest(HL7_INTAKE, hub.context.path_run_id)
@@ -900,6 +1086,7 @@ class Hl7Intake:
         self.files = 0
         self.duplicate_files = 0
         self._pending: list[Hl7Input] = []
+        self.results: dict[str, StageResult] = {}
         self._types: dict[tuple[str, str], str] = {}
         for spec in self.specs:
             wanted = dict(spec.source.options).get("message_types") or []
@@ -937,6 +1124,14 @@ class Hl7Intake:
             number = self.manifest.add(sha256, source=item.source, kind=f"hl7-{item.kind}")
             self._split(number, item.data)
 
+    def reenter(self) -> None:
+        """Split the reentry's payloads again (the run registered them; a message is routed
+        on its own, so the payloads without a selected record are not needed)."""
+        assert self.reentry is not None
+        reentry = self.reentry
+        for number, _, data in self.hub.kept_inputs(reentry.manifest_sha, reentry.inputs):
+            self._split(number, data)
+
     def _split(self, number: int, data: bytes) -> None:
         try:
             split = split_messages(data)
@@ -957,9 +1152,15 @@ class Hl7Intake:
                     "message": f"{finding.message} (input {number})",
                 }
             )
+        reentry = self.reentry
         for message in split.messages:
             header = peek_header(message.text)
             feed = self._types.get((header.get("message_code", ""), header.get("trigger", "")))
+            if reentry is not None:
+                # A replay takes its feed's selected messages; ADT and others stay the run's.
+                if feed == reentry.feed and reentry.has(input_locator(number, message.locator)):
+                    self.by_feed[feed].append((number, message))
+                continue
             if feed is not None:
                 self.by_feed[feed].append((number, message))
             else:
@@ -989,13 +1190,15 @@ class Hl7Intake:
             usable = outcome.problem is None and message is not None
             keys.append("|".join(message.dedupe_key) if usable and message is not None else None)
         claimable = [k for k in keys if k is not None]
-        # One control ID is one message across every HL7 feed.
-        fresh = iter(hub.seen.claim(HL7_INTAKE, claimable, run_id=hub.context.path_run_id))
+        # One control ID is one message across every HL7 feed. A replay claims for its root.
+        run_id = self.reentry.claim_as if self.reentry else hub.context.path_run_id
+        fresh = iter(hub.seen.claim(HL7_INTAKE, claimable, run_id=run_id))
         kept: list[tuple[str, MessageRecords]] = []
         duplicates = 0
         for item, key in zip(parsed, keys, strict=True):
             if key is not None and not next(fresh):
-                duplicates += 1
+                # A replay counts each quarantined record the duplicate answers for.
+                duplicates += self.reentry.take_whole(item[0]) if self.reentry else 1
             else:
                 kept.append(item)
         return kept, duplicates
@@ -1057,7 +1260,54 @@ class Hl7Intake:
             )
         return rejected, vault_refusals, applied
 
+    def _batch(self, spec: MappingSpec) -> _FeedBatch:
+        """One feed's messages, parsed, de-duplicated and split into records (or rejected)."""
+        segment = spec.source.segment
+        items, duplicates = self._read(self.by_feed.get(spec.name, []), segment)
+        batch = _FeedBatch(spec, compile_mapping(spec), duplicates=duplicates)
+        reentry = self.reentry
+        for locator, outcome in items:
+            if reentry is not None and (outcome.problem is not None or not outcome.records):
+                reentry.take_whole(locator)
+            if outcome.problem is not None:
+                control = (outcome.header or {}).get("control_id")
+                batch.rejected.append((locator, outcome.problem.keyed(control_id=control)))
+            elif not outcome.records:
+                batch.rejected.append(
+                    (
+                        locator,
+                        FormatProblem(
+                            "PARSE_HL7_STRUCTURE", f"the message has no {segment} segment", segment
+                        ),
+                    )
+                )
+            elif reentry is not None:  # a replay stages the message's quarantined records
+                batch.records.extend(r for r in outcome.records if reentry.take(r.locator))
+            else:
+                batch.records.extend(outcome.records)
+        return batch
+
+    def _restage(self, ledger: RunLedger, reentry: Reentry) -> dict[str, Any]:
+        """A replay's staging: the reentry's feed only, from its batch, always counted."""
+        hub = self.hub
+        ledger.inputs.append({"feed": HL7_INTAKE, "manifest": reentry.manifest_sha, "replay": True})
+        port = LinkagePort(hub.vault)
+        spec = next(s for s in self.specs if s.name == reentry.feed)
+        batch = self._batch(spec)
+        batch.upstream.extend(reentry.not_found(spec.dataset))
+        result = _stage_feed(
+            hub, ledger, batch, reentry.manifest_sha, port=port, rule=f"format:hl7v2:{spec.name}"
+        )
+        self.results[spec.name] = result
+        ledger.findings.extend(port.findings(spec.name))
+        return {
+            "manifest": reentry.manifest_sha,
+            "feeds": {spec.name: _feed_summary(result, batch)},
+        }
+
     def stage(self, ledger: RunLedger) -> dict[str, Any]:
+        if self.reentry is not None:
+            return self._restage(ledger, self.reentry)
         hub = self.hub
         self._admit()
         manifest_sha = self.manifest.save(hub.lake)
@@ -1071,31 +1321,14 @@ class Hl7Intake:
         intake_items, intake_duplicates = self._read(self.intake, None)
         rejected, refusals, applied = self._apply_adt(intake_items, manifest_sha)
         for spec in self.specs:
-            segment = spec.source.segment
-            items, duplicates = self._read(self.by_feed.get(spec.name, []), segment)
-            batch = _FeedBatch(spec, compile_mapping(spec), duplicates=duplicates)
-            for locator, outcome in items:
-                if outcome.problem is not None:
-                    control = (outcome.header or {}).get("control_id")
-                    batch.rejected.append((locator, outcome.problem.keyed(control_id=control)))
-                elif not outcome.records:
-                    batch.rejected.append(
-                        (
-                            locator,
-                            FormatProblem(
-                                "PARSE_HL7_STRUCTURE",
-                                f"the message has no {segment} segment",
-                                segment,
-                            ),
-                        )
-                    )
-                else:
-                    batch.records.extend(outcome.records)
+            batch = self._batch(spec)
             if not batch.received:
                 continue
-            feeds[spec.name] = _stage_feed(
+            result = _stage_feed(
                 hub, ledger, batch, manifest_sha, port=port, rule=f"format:hl7v2:{spec.name}"
             )
+            self.results[spec.name] = result
+            feeds[spec.name] = _feed_summary(result, batch)
             findings.extend(port.findings(spec.name))
             port.mismatched_records = port.new_cois = 0
             port.mismatched_fields.clear()
@@ -1166,6 +1399,42 @@ def ingest_hl7_files(context: RunContext, paths: Sequence[Path]) -> dict[str, An
         "feeds": staged["feeds"],
         "ledger": ledger_path,
     }
+
+
+# --- quarantine replay -------------------------------------------------------------------------
+
+
+def restage_quarantined(
+    context: RunContext,
+    reentry: Reentry,
+    *,
+    ledger: RunLedger,
+    vault: Vault | None = None,
+) -> StageResult:
+    """Stage the quarantined records ``reentry`` selects again, through the intake of their
+    feed (FHIR or HL7) with the current mappings, vault and contracts (see "Quarantine
+    replay" in the module doc). ``context`` is the replay run's; ``vault``: one the caller
+    opened, else the settings' vault is opened and closed here."""
+    hub = _Hub.open(context, vault=vault)
+    try:
+        intake: FhirIntake | Hl7Intake
+        if reentry.feed.startswith(FHIR_PREFIX):
+            intake = FhirIntake(hub, reentry=reentry)
+        elif reentry.feed.startswith(HL7_PREFIX):
+            intake = Hl7Intake(hub, reentry=reentry)
+        else:
+            raise ConfigError(
+                f"{reentry.feed} is not a clinical mapping feed", code="REPLAY_UNSUPPORTED"
+            )
+        if reentry.feed not in {s.name for s in intake.specs}:
+            raise ConfigError(
+                f"no clinical mapping named {reentry.feed}", code="REPLAY_UNSUPPORTED"
+            )
+        intake.reenter()
+        intake.stage(ledger)
+        return intake.results[reentry.feed]
+    finally:
+        hub.close()
 
 
 # --- the whole sync ----------------------------------------------------------------------------

@@ -44,8 +44,22 @@ Retractions from error declarations
 are applied when staged data is loaded, to replayed events as to any other. An EPCIS replay
 holds the EPCIS sync's run lock.
 
-Refused with REPLAY_UNSUPPORTED: clinical feeds (after checking that their payloads were
-kept at all: RAW_NOT_KEPT with ``CMOHUB_RAW_CLINICAL=none``) and master data.
+Clinical: the FHIR and HL7 v2 mapping feeds (``clinical-fhir-*``, ``clinical-hl7-*``).
+Their records reference a batch manifest (``raw/clinical-batch/``) and ``input=<n>/...``
+locators; the payloads are kept only encrypted (:mod:`cmohub.sources.raw_clinical`) and are
+decrypted again, in memory, by :func:`cmohub.pipelines.clinical.restage_quarantined`, which
+runs the clinical intake itself with a :class:`~cmohub.pipelines.clinical.Reentry` of the
+quarantined locators (its module doc says what happens to the patient index, the message
+routing and the duplicate registry). A record another run staged since (an HL7 message
+re-sent) is counted a duplicate: received = valid + quarantined + duplicates. Every payload
+of the batch must still be kept (a FHIR record's Patient may be in any of them):
+RAW_NOT_KEPT otherwise, and always with ``CMOHUB_RAW_CLINICAL=none``. A clinical replay
+tokenizes through the vault the settings name (or the :class:`~cmohub.vault.Vault` passed).
+
+Refused with REPLAY_UNSUPPORTED: the clinical intake feeds ``clinical-fhir`` (resources no
+mapping takes, unreadable payloads) and ``clinical-hl7`` (messages no mapping takes, ADT
+events the vault refused: a replay does not change the vault's identities), the enrollment
+register, and master data.
 
 Nothing here prints or writes a value of a classified field: results carry counts, codes,
 run IDs, payload hashes, locators and lake paths.
@@ -62,7 +76,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
 from cmohub.errors import ConfigError, ParseError
@@ -255,6 +269,7 @@ class ReplayResult:
     received: int = 0
     valid: int = 0
     quarantined: int = 0
+    duplicates: int = 0  # records another run staged since (clinical: a message re-sent)
     quarantine_codes: dict[str, int] = field(default_factory=dict)
     payloads: int = 0
     parts: list[str] = field(default_factory=list)
@@ -273,6 +288,7 @@ class ReplayResult:
             "received": self.received,
             "valid": self.valid,
             "quarantined": self.quarantined,
+            "duplicates": self.duplicates,
             "quarantine_codes": dict(sorted(self.quarantine_codes.items())),
             "payloads": self.payloads,
             "parts": self.parts,
@@ -517,26 +533,46 @@ def _replay_loggers(
     return batch.stager.finish()
 
 
-def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) -> NoReturn:
-    """Say whether the payloads were kept at all, then that clinical replay is unsupported."""
+#: Clinical feeds whose records no mapping took: replaying them means routing them to a feed.
+CLINICAL_INTAKE_FEEDS = {
+    "clinical-fhir": "its records are resources no clinical mapping takes (or payloads that "
+    "could not be read at all); once a mapping takes them, re-ingest the payloads "
+    "('cmohub clinical ingest')",
+    "clinical-hl7": "its records are messages no clinical mapping takes, ADT updates and "
+    "merges the vault refused, or files that could not be split; ADT events change the vault "
+    "and are not re-applied by a replay: re-send them",
+    "clinical-enrollments": "the enrollment register is imported whole: import it again "
+    "('cmohub clinical sync')",
+}
+
+
+def _check_clinical_kept(context: RunContext, feed: str, grouped: dict[str, Any]) -> None:
+    """Refuse the intake feeds; check, before the vault is opened, that the payloads were
+    kept (RAW_NOT_KEPT) and that the quarantine names one batch (one staging step)."""
     from cmohub.sources.raw_clinical import (  # noqa: PLC0415
         BATCH_KIND,
         RAW_KIND,
         load_batch_manifest,
-        split_input_locator,
     )
 
+    if feed in CLINICAL_INTAKE_FEEDS:
+        raise ConfigError(
+            f"{feed} cannot be replayed: {CLINICAL_INTAKE_FEEDS[feed]}",
+            code="REPLAY_UNSUPPORTED",
+            where=feed,
+        )
     lake = context.lake
     hint = (
         " (CMOHUB_RAW_CLINICAL=none)"
         if context.settings.raw_clinical is RawClinicalPolicy.NONE
         else ""
     )
-    for manifest_sha, lines in sorted(grouped.items()):
+    for manifest_sha in sorted(grouped):
         kept = lake.path(RawRef(manifest_sha, 0, BATCH_KIND, False).relative_path).exists()
-        inputs = load_batch_manifest(lake, manifest_sha)["inputs"] if kept else []
-        for number in sorted({split_input_locator(str(x.get("source_locator")))[0] for x in lines}):
-            sha = inputs[number - 1]["sha256"] if 0 < number <= len(inputs) else None
+        inputs = load_batch_manifest(lake, manifest_sha)["inputs"] if kept else [None]
+        # Every payload of the batch: a FHIR record's subject may be in any of them.
+        for number, item in enumerate(inputs, start=1):
+            sha = item["sha256"] if item else None
             if sha is None or not lake.path(RawRef(sha, 0, RAW_KIND, True).relative_path).exists():
                 raise ConfigError(
                     f"the clinical payloads of this run were not kept{hint}: its quarantined "
@@ -544,13 +580,47 @@ def _refuse_clinical(context: RunContext, feed: str, grouped: dict[str, Any]) ->
                     code="RAW_NOT_KEPT",
                     where=f"{manifest_sha}#input={number}",
                 )
-    raise ConfigError(
-        f"replaying clinical feeds is not supported yet ({feed}): the payloads are kept "
-        "(encrypted), but the clinical intake (patient index, message routing, duplicate "
-        "registry) cannot yet be re-entered for single records",
-        code="REPLAY_UNSUPPORTED",
-        where=feed,
-    )
+    if len(grouped) > 1:
+        raise ConfigError(
+            f"the quarantine of {feed} names {len(grouped)} clinical batches where a run "
+            "stages one: it cannot be replayed as one run",
+            code="REPLAY_SOURCE_INVALID",
+            where=feed,
+        )
+
+
+def _replay_clinical(
+    context: RunContext,
+    feed: str,
+    grouped: dict[str, list[dict[str, Any]]],
+    *,
+    root: str,
+    vault: IdentityPort | None,
+    ledger: RunLedger,
+) -> StageResult:
+    """Re-stage FHIR or HL7 records through the clinical intake, from the encrypted batch.
+
+    Through :func:`~cmohub.pipelines.clinical.restage_quarantined` with a
+    :class:`~cmohub.pipelines.clinical.Reentry` of the quarantined locators; duplicate keys
+    are claimed for the root run (see the clinical module's "Quarantine replay").
+    """
+    from cmohub.pipelines.clinical import Reentry, restage_quarantined  # noqa: PLC0415
+    from cmohub.vault import Vault  # noqa: PLC0415
+
+    if vault is not None and not isinstance(vault, Vault):
+        raise ConfigError(
+            "a clinical replay tokenizes through the vault itself (linkage checks): pass "
+            "the Vault, or none to open the one the settings name",
+            code="REPLAY_UNSUPPORTED",
+            where=feed,
+        )
+    [(manifest_sha, lines)] = grouped.items()
+
+    def not_found(dataset: str, missing: list[str]) -> list[QuarantineEntry]:
+        return _not_found(lines, missing, dataset=dataset, feed=feed, sha=manifest_sha)
+
+    reentry = Reentry(feed, manifest_sha, frozenset(_locators(lines)), root, not_found)
+    return restage_quarantined(context, reentry, ledger=ledger, vault=vault)
 
 
 @contextmanager
@@ -600,11 +670,18 @@ def replay_quarantine(
             return result  # the latest replay staged everything: nothing left
         grouped = _by_payload(read_quarantine_file(lake, plan.source))
         if kind == "clinical":
-            _refuse_clinical(context, feed, grouped)
+            _check_clinical_kept(context, feed, grouped)
+            ledger = RunLedger(task=replay_ledger_name(feed))
+            ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
+            staged = _replay_clinical(
+                context, feed, grouped, root=plan.root_run, vault=port, ledger=ledger
+            )
+            result.ledger = ledger.save(context)  # last: it marks the replay done
+            return _finish(result, plan, staged, ledger, len(grouped))
         if config is None and feed not in LOGISTICS_RAW:
             raise ConfigError(
-                f"replaying {feed} is not supported yet; supported: CMO feeds and "
-                f"{', '.join(sorted(LOGISTICS_RAW))}",
+                f"replaying {feed} is not supported yet; supported: CMO feeds, the clinical "
+                f"FHIR and HL7 mapping feeds and {', '.join(sorted(LOGISTICS_RAW))}",
                 code="REPLAY_UNSUPPORTED",
                 where=feed,
             )
@@ -626,15 +703,22 @@ def replay_quarantine(
             else:
                 staged = _replay_courier(context, feed, grouped, port=identity, ledger=ledger)
         result.ledger = ledger.save(context)  # last: it marks the replay done
+    return _finish(result, plan, staged, ledger, len(grouped))
+
+
+def _finish(
+    result: ReplayResult, plan: ReplayPlan, staged: StageResult, ledger: RunLedger, payloads: int
+) -> ReplayResult:
     counts = staged.counts
     result.run_id = plan.run_id
-    result.received, result.valid, result.quarantined = (
+    result.received, result.valid, result.quarantined, result.duplicates = (
         counts.received,
         counts.valid,
         counts.quarantined,
+        counts.duplicates,
     )
     result.quarantine_codes = dict(ledger.quarantine_codes)
-    result.payloads = len(grouped)
+    result.payloads = payloads
     result.parts, result.quarantine, result.reports = (
         staged.parts,
         staged.quarantine,
