@@ -45,3 +45,16 @@ def test_coi_check_prints_code_and_reason_and_exits_1(code: str, expected: str) 
     assert result.returncode == 1
     assert result.stdout.startswith(f"{expected}: ")
     assert "Traceback" not in result.stderr
+
+
+def test_version_is_the_installed_distributions() -> None:
+    # cmohub.__version__ is looked up lazily (DAG files import the package at parse time).
+    from importlib.metadata import version
+
+    import cmohub
+
+    assert cmohub.__version__ == version("cmohub")
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, version("cmohub"))
+    with pytest.raises(AttributeError):
+        _ = cmohub.no_such_attribute  # type: ignore[attr-defined]
