@@ -266,6 +266,7 @@ def test_feeds_replay_cannot_serve_are_refused_by_name(settings: Settings) -> No
         replay_quarantine(settings, feed="master-sites", run_id=RUN, port=Vault())
     assert refused.value.code == "REPLAY_UNSUPPORTED"
     assert "master-sites" in str(refused.value)
+    assert "every nightly" in str(refused.value)  # what to do instead
     assert "logistics-epcis-sensor" in str(refused.value)  # what is supported
 
 

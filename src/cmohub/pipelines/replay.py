@@ -59,7 +59,8 @@ tokenizes through the vault the settings name (or the :class:`~cmohub.vault.Vaul
 Refused with REPLAY_UNSUPPORTED: the clinical intake feeds ``clinical-fhir`` (resources no
 mapping takes, unreadable payloads) and ``clinical-hl7`` (messages no mapping takes, ADT
 events the vault refused: a replay does not change the vault's identities), the enrollment
-register, and master data.
+register, and master data (not kept in ``raw/``: every nightly re-reads the whole master-data
+folder as its first task, so a corrected file is staged by the next nightly or a rerun).
 
 Nothing here prints or writes a value of a classified field: results carry counts, codes,
 run IDs, payload hashes, locators and lake paths.
@@ -678,6 +679,16 @@ def replay_quarantine(
             )
             result.ledger = ledger.save(context)  # last: it marks the replay done
             return _finish(result, plan, staged, ledger, len(grouped))
+        if kind == "master":
+            raise ConfigError(
+                f"{feed} is not replayed: master data is re-read in full from the master-data "
+                "folder (CMOHUB_MASTER_DIR) by every nightly reconciliation, as its first task; "
+                "correct the file or the mapping, and the next nightly (or a rerun of its "
+                f"interval) stages it. Replay serves CMO feeds, the clinical FHIR and HL7 "
+                f"mapping feeds and {', '.join(sorted(LOGISTICS_RAW))}",
+                code="REPLAY_UNSUPPORTED",
+                where=feed,
+            )
         if config is None and feed not in LOGISTICS_RAW:
             raise ConfigError(
                 f"replaying {feed} is not supported yet; supported: CMO feeds, the clinical "
