@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from cmohub.cli import app
 from cmohub.errors import HubError
+from cmohub.formats.fhir import FhirVersion
 from cmohub.formats.hl7v2 import RawMessage
 from cmohub.identity import Actor
 from cmohub.lake import Lake
@@ -321,3 +322,31 @@ def test_the_intake_feeds_are_refused_with_what_to_do(
     assert refused.value.code == "REPLAY_UNSUPPORTED"
     assert feed in str(refused.value) and "re-" in str(refused.value)
     assert not Path(settings.lake_root, "runs", f"replay-{RUN}-1").exists()
+
+
+def test_fhir_records_are_read_again_as_the_run_was_told_to_read_them(
+    settings: Settings, sandbox_program: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mappings say R5; this run was told R4 (as an endpoint's extra tells a sync). The
+    # batch manifest records that, and the replay reads the payloads as R4 too.
+    def as_r5(spec: Any) -> Any:
+        options = tuple(sorted({**dict(spec.source.options), "fhir_version": "R5"}.items()))
+        return replace(spec, source=replace(spec.source, options=options))
+
+    shipped = load_mappings()
+    told = {n: as_r5(s) if n.startswith("clinical-fhir-") else s for n, s in shipped.items()}
+    monkeypatch.setattr(clinical, "load_mappings", lambda: told)
+    context = run_context(settings)
+    clinical.import_enrollments(context)
+    systems_file(settings, ["A9990", "A9991", "A9992"])  # site A9993's MRNs: not yet
+    fhir = sandbox_program / "clinical" / "fhir"
+    synced = clinical.ingest_fhir_files(
+        context, [fhir / "Patient.ndjson", fhir / "Procedure.ndjson"], version=FhirVersion.R4
+    )["feeds"][PROCEDURES]
+    refused = Counter(line["code"] for line in lines(settings, synced["quarantine"]))
+    assert refused["VAULT_UNKNOWN_SYSTEM"] > 0
+
+    systems_file(settings, ["A9990", "A9991", "A9992", "A9993"])
+    result = replay_quarantine(settings, feed=PROCEDURES, run_id=RUN)
+    assert result.valid == refused["VAULT_UNKNOWN_SYSTEM"]
+    assert result.quarantine_codes == {"RECORD_MALFORMED": 1}  # the planted one, as before

@@ -581,7 +581,9 @@ class FhirIntake:
         self.policy = _policy(self.specs)
         patient_version = version or (self.version_for(self.specs[0]) if self.specs else None)
         self.patients = PatientIndex(self.policy, patient_version or FhirVersion.R4)
-        self.manifest = BatchManifest(FHIR_INTAKE, hub.context.path_run_id)
+        self.manifest = BatchManifest(
+            FHIR_INTAKE, hub.context.path_run_id, fhir_version=version.value if version else None
+        )
         self.by_type: dict[str, list[tuple[int, FhirEntry]]] = {}
         self.payload_problems: list[tuple[str, FormatProblem]] = []
         self.outcomes: list[dict[str, Any]] = []
@@ -1419,7 +1421,10 @@ def restage_quarantined(
     try:
         intake: FhirIntake | Hl7Intake
         if reentry.feed.startswith(FHIR_PREFIX):
-            intake = FhirIntake(hub, reentry=reentry)
+            # Read as the run read them: the version it was told, else each mapping's own.
+            forced = load_batch_manifest(hub.lake, reentry.manifest_sha).get("fhir_version")
+            version = FhirVersion.parse(str(forced)) if forced else None
+            intake = FhirIntake(hub, reentry=reentry, version=version)
         elif reentry.feed.startswith(HL7_PREFIX):
             intake = Hl7Intake(hub, reentry=reentry)
         else:

@@ -138,6 +138,10 @@ class BatchManifest:
     feed: str
     run_id: str
     inputs: list[dict[str, Any]] = field(default_factory=list)  # {sha256, source, kind}
+    #: The FHIR version the run read its payloads as when it was told one (an endpoint's
+    #: ``extra``), not each mapping's own: a replay must read them the same way. Recorded
+    #: only when set, so that manifests without it keep their bytes.
+    fhir_version: str | None = None
 
     def add(self, sha256: str, *, source: str, kind: str) -> int:
         """Add a payload; return its 1-based input number (used in locators)."""
@@ -145,9 +149,15 @@ class BatchManifest:
         return len(self.inputs)
 
     def to_bytes(self) -> bytes:
-        return canonical_json(
-            {"feed": self.feed, "run_id": self.run_id, "inputs": self.inputs, "version": 1}
-        )
+        document: dict[str, Any] = {
+            "feed": self.feed,
+            "run_id": self.run_id,
+            "inputs": self.inputs,
+            "version": 1,
+        }
+        if self.fhir_version is not None:
+            document["fhir_version"] = self.fhir_version
+        return canonical_json(document)
 
     def save(self, lake: Lake) -> str:
         """Store the manifest (plain: it holds no identifiers); return its SHA-256."""
