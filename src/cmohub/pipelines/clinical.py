@@ -115,7 +115,7 @@ from cmohub.formats.records import (
 )
 from cmohub.identifiers import Coi
 from cmohub.identity import Actor, CoiStatus, SubjectIdentity, TokenizeRequest
-from cmohub.lake import Lake, RawRef, sha256_hex
+from cmohub.lake import Lake, sha256_hex
 from cmohub.log import get_logger
 from cmohub.mapping.engine import (
     MappedRow,
@@ -140,11 +140,9 @@ from cmohub.sources.fhir import FhirClient, RetryPolicy, SearchWindow
 from cmohub.sources.fhir_bulk import BulkExport
 from cmohub.sources.hl7 import Hl7Input, MllpSpool, iter_inbox
 from cmohub.sources.raw_clinical import (
-    BATCH_KIND,
     BatchManifest,
     RawClinicalStore,
     input_locator,
-    load_batch_manifest,
     split_input_locator,
 )
 from cmohub.sources.registry import FileRegistry
@@ -255,18 +253,11 @@ class _Hub:
         self.seen.dispose()
 
     def kept_inputs(
-        self, manifest_sha: str, only: Iterable[int] | None = None
+        self, manifest: Mapping[str, Any], only: Iterable[int] | None = None
     ) -> Iterator[tuple[int, dict[str, Any], bytes]]:
         """The payloads of a kept batch (``only`` those numbers), decrypted one at a time:
-        (input number, its manifest item, plaintext). RAW_NOT_KEPT when the manifest or a
-        payload is not in the lake."""
-        if not self.lake.path(RawRef(manifest_sha, 0, BATCH_KIND, False).relative_path).exists():
-            raise ConfigError(
-                "the batch manifest of these records is not in the lake",
-                code="RAW_NOT_KEPT",
-                where=manifest_sha,
-            )
-        manifest = load_batch_manifest(self.lake, manifest_sha)
+        (input number, its manifest item, plaintext). RAW_NOT_KEPT when a payload is not in
+        the lake."""
         wanted = set(only) if only is not None else None
         for number, item in enumerate(manifest["inputs"], start=1):
             if wanted is None or number in wanted:
@@ -279,13 +270,15 @@ class Reentry:
 
     ``locators`` are quarantined records of ``feed`` (``input=<n>/entry=<k>``,
     ``input=<n>/message=<m>`` for a whole message, ``input=<n>/message=<m>/ORC=<k>``) in the
-    batch ``manifest_sha``; a message's locator selects each of its records. ``claim_as`` is
+    batch ``manifest_sha`` (``manifest``: as loaded, read once by the replay); a message's
+    locator selects each of its records. ``claim_as`` is
     the run the records' duplicate keys are claimed for: the root of the replay chain (see
     "Quarantine replay" in the module doc). Locators no record answered are :meth:`missing`.
     """
 
     feed: str
     manifest_sha: str
+    manifest: Mapping[str, Any]
     locators: frozenset[str]
     claim_as: str
     #: Quarantine entries (of a dataset) for locators no record answered: the replay's.
@@ -610,7 +603,7 @@ class FhirIntake:
         """Collect the reentry's batch again, every payload of it: the Patients of the whole
         run are the subjects' identity context, as they were for the run."""
         assert self.reentry is not None
-        for number, item, data in self.hub.kept_inputs(self.reentry.manifest_sha):
+        for number, item, data in self.hub.kept_inputs(self.reentry.manifest):
             self._collect(number, data, ndjson=_NDJSON_BY_KIND.get(str(item.get("kind"))))
 
     def _collect(self, number: int, data: bytes, *, ndjson: bool | None) -> None:
@@ -1131,7 +1124,7 @@ class Hl7Intake:
         on its own, so the payloads without a selected record are not needed)."""
         assert self.reentry is not None
         reentry = self.reentry
-        for number, _, data in self.hub.kept_inputs(reentry.manifest_sha, reentry.inputs):
+        for number, _, data in self.hub.kept_inputs(reentry.manifest, reentry.inputs):
             self._split(number, data)
 
     def _split(self, number: int, data: bytes) -> None:
@@ -1422,7 +1415,7 @@ def restage_quarantined(
         intake: FhirIntake | Hl7Intake
         if reentry.feed.startswith(FHIR_PREFIX):
             # Read as the run read them: the version it was told, else each mapping's own.
-            forced = load_batch_manifest(hub.lake, reentry.manifest_sha).get("fhir_version")
+            forced = reentry.manifest.get("fhir_version")
             version = FhirVersion.parse(str(forced)) if forced else None
             intake = FhirIntake(hub, reentry=reentry, version=version)
         elif reentry.feed.startswith(HL7_PREFIX):

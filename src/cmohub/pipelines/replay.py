@@ -379,17 +379,17 @@ def _locators(lines: list[dict[str, Any]]) -> list[str]:
 
 def _replay_cmo(
     context: RunContext,
-    config: CmoFeed,
     feed: str,
     grouped: dict[str, list[dict[str, Any]]],
+    refs: dict[str, RawRef],
     *,
+    config: CmoFeed,
     port: IdentityPort,
     ledger: RunLedger,
 ) -> StageResult:
     """Re-stage a CMO mapping's quarantined records from the files kept in ``raw/``."""
     from cmohub.pipelines.cmo import FileStaging, keys_for, open_raw, read_file  # noqa: PLC0415
 
-    refs = _raw_refs(context.lake, config.name, config.options.encrypted, list(grouped))
     keys = keys_for(config, context)
     staging = FileStaging(context, port, ledger)
     dataset = staging.batch(feed).compiled.spec.dataset
@@ -412,6 +412,7 @@ def _replay_courier(
     context: RunContext,
     feed: str,
     grouped: dict[str, list[dict[str, Any]]],
+    refs: dict[str, RawRef],
     *,
     port: IdentityPort,
     ledger: RunLedger,
@@ -419,7 +420,6 @@ def _replay_courier(
     """Re-stage courier shipments or legs from the API pages kept in ``raw/courier/``."""
     from cmohub.pipelines.logistics import FeedBatch  # noqa: PLC0415
 
-    refs = _raw_refs(context.lake, COURIER_RAW, False, list(grouped))
     batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
     spec = batch.stager.compiled.spec
     for sha, ref in refs.items():
@@ -436,6 +436,7 @@ def _replay_epcis(
     context: RunContext,
     feed: str,
     grouped: dict[str, list[dict[str, Any]]],
+    refs: dict[str, RawRef],
     *,
     port: IdentityPort,
     ledger: RunLedger,
@@ -458,7 +459,6 @@ def _replay_epcis(
     )
 
     lake = context.lake
-    refs = _raw_refs(lake, EPCIS_RAW, False, list(grouped))
     _refuse_sensor_pages(lake, feed, refs, grouped)
     with run_lock(context.settings.home_dir, EPCIS_LOCK):
         staging = open_epcis_staging(context, port, ledger, feeds=[feed])
@@ -513,6 +513,7 @@ def _replay_loggers(
     context: RunContext,
     feed: str,
     grouped: dict[str, list[dict[str, Any]]],
+    refs: dict[str, RawRef],
     *,
     port: IdentityPort,
     ledger: RunLedger,
@@ -521,7 +522,6 @@ def _replay_loggers(
     :func:`~cmohub.pipelines.logistics.stage_logger_file`, limited to the rows quarantined."""
     from cmohub.pipelines.logistics import FeedBatch, RecordSelection, stage_logger_file  # noqa: PLC0415
 
-    refs = _raw_refs(context.lake, LOGGER_RAW, False, list(grouped))
     batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
     for sha, ref in refs.items():
         wanted = RecordSelection.of(_locators(grouped[sha]))
@@ -532,6 +532,14 @@ def _replay_loggers(
         )
     batch.stage()
     return batch.stager.finish()
+
+
+#: How each kind of kept logistics payload is replayed.
+_LOGISTICS_REPLAYERS = {
+    COURIER_RAW: _replay_courier,
+    EPCIS_RAW: _replay_epcis,
+    LOGGER_RAW: _replay_loggers,
+}
 
 
 #: Clinical feeds whose records no mapping took: replaying them means routing them to a feed.
@@ -547,9 +555,10 @@ CLINICAL_INTAKE_FEEDS = {
 }
 
 
-def _check_clinical_kept(context: RunContext, feed: str, grouped: dict[str, Any]) -> None:
+def _check_clinical_kept(context: RunContext, feed: str, grouped: dict[str, Any]) -> dict[str, Any]:
     """Refuse the intake feeds; check, before the vault is opened, that the payloads were
-    kept (RAW_NOT_KEPT) and that the quarantine names one batch (one staging step)."""
+    kept (RAW_NOT_KEPT) and that the quarantine names one batch (one staging step), whose
+    manifest is returned."""
     from cmohub.sources.raw_clinical import (  # noqa: PLC0415
         BATCH_KIND,
         RAW_KIND,
@@ -568,9 +577,12 @@ def _check_clinical_kept(context: RunContext, feed: str, grouped: dict[str, Any]
         if context.settings.raw_clinical is RawClinicalPolicy.NONE
         else ""
     )
+    manifests: dict[str, dict[str, Any]] = {}
     for manifest_sha in sorted(grouped):
         kept = lake.path(RawRef(manifest_sha, 0, BATCH_KIND, False).relative_path).exists()
-        inputs = load_batch_manifest(lake, manifest_sha)["inputs"] if kept else [None]
+        if kept:
+            manifests[manifest_sha] = load_batch_manifest(lake, manifest_sha)
+        inputs = manifests[manifest_sha]["inputs"] if kept else [None]
         # Every payload of the batch: a FHIR record's subject may be in any of them.
         for number, item in enumerate(inputs, start=1):
             sha = item["sha256"] if item else None
@@ -588,12 +600,15 @@ def _check_clinical_kept(context: RunContext, feed: str, grouped: dict[str, Any]
             code="REPLAY_SOURCE_INVALID",
             where=feed,
         )
+    [manifest] = manifests.values()
+    return manifest
 
 
 def _replay_clinical(
     context: RunContext,
     feed: str,
     grouped: dict[str, list[dict[str, Any]]],
+    manifest: dict[str, Any],
     *,
     root: str,
     vault: IdentityPort | None,
@@ -620,7 +635,7 @@ def _replay_clinical(
     def not_found(dataset: str, missing: list[str]) -> list[QuarantineEntry]:
         return _not_found(lines, missing, dataset=dataset, feed=feed, sha=manifest_sha)
 
-    reentry = Reentry(feed, manifest_sha, frozenset(_locators(lines)), root, not_found)
+    reentry = Reentry(feed, manifest_sha, manifest, frozenset(_locators(lines)), root, not_found)
     return restage_quarantined(context, reentry, ledger=ledger, vault=vault)
 
 
@@ -670,49 +685,47 @@ def replay_quarantine(
         if plan.source is None:
             return result  # the latest replay staged everything: nothing left
         grouped = _by_payload(read_quarantine_file(lake, plan.source))
+        refs: dict[str, RawRef] = {}
+        manifest: dict[str, Any] = {}
         if kind == "clinical":
-            _check_clinical_kept(context, feed, grouped)
-            ledger = RunLedger(task=replay_ledger_name(feed))
-            ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
-            staged = _replay_clinical(
-                context, feed, grouped, root=plan.root_run, vault=port, ledger=ledger
-            )
-            result.ledger = ledger.save(context)  # last: it marks the replay done
-            return _finish(result, plan, staged, ledger, len(grouped))
-        if kind == "master":
-            raise ConfigError(
-                f"{feed} is not replayed: master data is re-read in full from the master-data "
-                "folder (CMOHUB_MASTER_DIR) by every nightly reconciliation, as its first task; "
+            manifest = _check_clinical_kept(context, feed, grouped)
+        elif config is None and feed not in LOGISTICS_RAW:
+            why = (
+                "master data is re-read in full from the master-data folder "
+                "(CMOHUB_MASTER_DIR) by every nightly reconciliation, as its first task; "
                 "correct the file or the mapping, and the next nightly (or a rerun of its "
-                f"interval) stages it. Replay serves CMO feeds, the clinical FHIR and HL7 "
-                f"mapping feeds and {', '.join(sorted(LOGISTICS_RAW))}",
-                code="REPLAY_UNSUPPORTED",
-                where=feed,
+                "interval) stages it"
+                if kind == "master"
+                else "not supported yet"
             )
-        if config is None and feed not in LOGISTICS_RAW:
             raise ConfigError(
-                f"replaying {feed} is not supported yet; supported: CMO feeds, the clinical "
-                f"FHIR and HL7 mapping feeds and {', '.join(sorted(LOGISTICS_RAW))}",
+                f"{feed} is not replayed: {why}. Replay serves CMO feeds, the clinical FHIR "
+                f"and HL7 mapping feeds and {', '.join(sorted(LOGISTICS_RAW))}",
                 code="REPLAY_UNSUPPORTED",
                 where=feed,
             )
-        _raw_refs(  # before the vault is opened
-            lake,
-            config.name if config else LOGISTICS_RAW[feed],
-            config.options.encrypted if config else False,
-            list(grouped),
-        )
+        else:
+            refs = _raw_refs(  # before the vault is opened
+                lake,
+                config.name if config else LOGISTICS_RAW[feed],
+                config.options.encrypted if config else False,
+                list(grouped),
+            )
         ledger = RunLedger(task=replay_ledger_name(feed))
         ledger.inputs.append({"replay_of": plan.root_run, "quarantine": plan.source})
-        with _identity(settings, port) as identity:
-            if config is not None:
-                staged = _replay_cmo(context, config, feed, grouped, port=identity, ledger=ledger)
-            elif feed in EPCIS_FEEDS:
-                staged = _replay_epcis(context, feed, grouped, port=identity, ledger=ledger)
-            elif feed in LOGGER_FEEDS:
-                staged = _replay_loggers(context, feed, grouped, port=identity, ledger=ledger)
-            else:
-                staged = _replay_courier(context, feed, grouped, port=identity, ledger=ledger)
+        if kind == "clinical":  # opens the vault itself, with the clinical intake
+            staged = _replay_clinical(
+                context, feed, grouped, manifest, root=plan.root_run, vault=port, ledger=ledger
+            )
+        else:
+            with _identity(settings, port) as identity:
+                if config is not None:
+                    staged = _replay_cmo(
+                        context, feed, grouped, refs, config=config, port=identity, ledger=ledger
+                    )
+                else:
+                    replayer = _LOGISTICS_REPLAYERS[LOGISTICS_RAW[feed]]
+                    staged = replayer(context, feed, grouped, refs, port=identity, ledger=ledger)
         result.ledger = ledger.save(context)  # last: it marks the replay done
     return _finish(result, plan, staged, ledger, len(grouped))
 
