@@ -131,6 +131,7 @@ from cmohub.mapping.spec import CompiledMapping, MappingSpec, compile_mapping
 from cmohub.mapping.store import load_mappings
 from cmohub.pipelines.context import RunContext
 from cmohub.pipelines.ledger import FeedCounts, RunLedger
+from cmohub.pipelines.selection import RecordSelection
 from cmohub.pipelines.stage import FeedStager, StageResult
 from cmohub.pipelines.state import load_cursor, save_cursor
 from cmohub.sensitive import Sensitive
@@ -268,61 +269,29 @@ class _Hub:
 class Reentry:
     """A quarantine replay's way back into the intake: which records of which batch.
 
-    ``locators`` are quarantined records of ``feed`` (``input=<n>/entry=<k>``,
-    ``input=<n>/message=<m>`` for a whole message, ``input=<n>/message=<m>/ORC=<k>``) in the
-    batch ``manifest_sha`` (``manifest``: as loaded, read once by the replay); a message's
-    locator selects each of its records. ``claim_as`` is
-    the run the records' duplicate keys are claimed for: the root of the replay chain (see
-    "Quarantine replay" in the module doc). Locators no record answered are :meth:`missing`.
+    ``select`` holds the quarantined records of ``feed`` by locator (``input=<n>/entry=<k>``,
+    ``input=<n>/message=<m>`` for a whole message, ``input=<n>/message=<m>/ORC=<k>``; a
+    message's locator selects each of its records) in the batch ``manifest_sha``
+    (``manifest``: as loaded, read once by the replay). ``claim_as`` is the run the records'
+    duplicate keys are claimed for: the root of the replay chain (see "Quarantine replay" in
+    the module doc).
     """
 
     feed: str
     manifest_sha: str
     manifest: Mapping[str, Any]
-    locators: frozenset[str]
+    select: RecordSelection
     claim_as: str
     #: Quarantine entries (of a dataset) for locators no record answered: the replay's.
     on_missing: Callable[[str, list[str]], list[QuarantineEntry]]
-    found: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._under = frozenset(a for loc in self.locators for a in _ancestors(loc))
 
     @property
     def inputs(self) -> set[int]:
         """The batch's input numbers that hold selected records."""
-        return {split_input_locator(x)[0] for x in self.locators}
-
-    def has(self, locator: str) -> bool:
-        """Whether a selected record is at or under ``locator`` (a message, an entry)."""
-        return locator in self._under
-
-    def take(self, locator: str) -> bool:
-        """Whether the record at ``locator`` (or its whole message) is selected; remembered."""
-        for candidate in _ancestors(locator):
-            if candidate in self.locators:
-                self.found.add(candidate)
-                return True
-        return False
-
-    def take_whole(self, locator: str) -> int:
-        """:meth:`take` for a message rejected or suppressed whole: it answers for each of its
-        selected records; how many."""
-        answered = {x for x in self.locators if locator in _ancestors(x)}
-        self.found.update(answered)
-        return len(answered)
-
-    def missing(self) -> list[str]:
-        return sorted(self.locators - self.found)
+        return {split_input_locator(x)[0] for x in self.select.locators}
 
     def not_found(self, dataset: str) -> list[QuarantineEntry]:
-        return self.on_missing(dataset, self.missing())
-
-
-def _ancestors(locator: str) -> list[str]:
-    """``input=1/message=3/ORC=2`` -> itself and ``input=1/message=3`` (not the payload)."""
-    parts = locator.split("/")
-    return ["/".join(parts[:end]) for end in range(len(parts), 1, -1)] or [locator]
+        return self.on_missing(dataset, self.select.missing())
 
 
 def _resource_id(entry: Any) -> str | None:
@@ -657,7 +626,8 @@ class FhirIntake:
             if reentry is not None:
                 if spec.name != reentry.feed:
                     continue
-                entries = [(n, e) for n, e in entries if reentry.take(input_locator(n, e.locator))]
+                take = reentry.select.take
+                entries = [(n, e) for n, e in entries if take(input_locator(n, e.locator))]
             batch = _FeedBatch(spec, compile_mapping(spec))
             version = self.version_for(spec)
             kept: list[tuple[int, FhirEntry]] = []
@@ -1153,7 +1123,8 @@ class Hl7Intake:
             feed = self._types.get((header.get("message_code", ""), header.get("trigger", "")))
             if reentry is not None:
                 # A replay takes its feed's selected messages; ADT and others stay the run's.
-                if feed == reentry.feed and reentry.has(input_locator(number, message.locator)):
+                locator = input_locator(number, message.locator)
+                if feed == reentry.feed and reentry.select.has(locator):
                     self.by_feed[feed].append((number, message))
                 continue
             if feed is not None:
@@ -1193,7 +1164,7 @@ class Hl7Intake:
         for item, key in zip(parsed, keys, strict=True):
             if key is not None and not next(fresh):
                 # A replay counts each quarantined record the duplicate answers for.
-                duplicates += self.reentry.take_whole(item[0]) if self.reentry else 1
+                duplicates += self.reentry.select.take_whole(item[0]) if self.reentry else 1
             else:
                 kept.append(item)
         return kept, duplicates
@@ -1263,7 +1234,7 @@ class Hl7Intake:
         reentry = self.reentry
         for locator, outcome in items:
             if reentry is not None and (outcome.problem is not None or not outcome.records):
-                reentry.take_whole(locator)
+                reentry.select.take_whole(locator)
             if outcome.problem is not None:
                 control = (outcome.header or {}).get("control_id")
                 batch.rejected.append((locator, outcome.problem.keyed(control_id=control)))
@@ -1277,7 +1248,7 @@ class Hl7Intake:
                     )
                 )
             elif reentry is not None:  # a replay stages the message's quarantined records
-                batch.records.extend(r for r in outcome.records if reentry.take(r.locator))
+                batch.records.extend(r for r in outcome.records if reentry.select.take(r.locator))
             else:
                 batch.records.extend(outcome.records)
         return batch

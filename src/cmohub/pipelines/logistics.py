@@ -23,7 +23,8 @@ staging it twice; cursors move only after a run succeeded. Every record ends sta
 quarantined or suppressed, and the ledger (``runs/<run>/<task>.json``) checks that.
 
 Quarantine replay (:mod:`cmohub.pipelines.replay`) re-enters the same staging functions,
-:func:`stage_epcis_payload` and :func:`stage_logger_file`, with a :class:`RecordSelection`:
+:func:`stage_epcis_payload` and :func:`stage_logger_file`, with a
+:class:`~cmohub.pipelines.selection.RecordSelection`:
 the locators the run quarantined. Only those records are staged, quarantined again or
 reported missing; the rest of the payload was counted by the run that received it.
 """
@@ -72,6 +73,7 @@ from cmohub.notify import Alert, AlertRegister, LogNotifier, Notifier, notify_on
 from cmohub.pipelines.context import RunContext
 from cmohub.pipelines.ledger import RunLedger
 from cmohub.pipelines.locks import run_lock
+from cmohub.pipelines.selection import ALL_RECORDS, RecordSelection
 from cmohub.pipelines.snapshot import load_dataset
 from cmohub.pipelines.stage import FeedStager
 from cmohub.pipelines.state import load_cursor, save_cursor
@@ -94,8 +96,6 @@ PACKETS_DIR = "reports/packets"
 READINGS = "logistics.temperature_reading"
 #: The run lock of the EPCIS sync; a replay of an EPCIS feed holds it too (shared state).
 EPCIS_LOCK = "logistics:epcis"
-#: Quarantine locators that stand for a whole payload (it could not be read at all).
-WHOLE_PAYLOAD = frozenset({"file", "document"})
 
 
 # --- state: what was staged before ---------------------------------------------------------------
@@ -142,65 +142,6 @@ class Retractions:
         if len(self.keys) != self._size:
             self._lake.write_json(self._path, {"retracted": sorted(self.keys)})
             self._size = len(self.keys)
-
-
-# --- replay: which records of a payload ----------------------------------------------------------
-
-
-@dataclass
-class RecordSelection:
-    """The records of one payload that a quarantine replay re-stages, by locator (one feed's).
-
-    A record is selected by its own locator (``event=3``, ``event=3;element=1;report=2``,
-    ``row=12``) or by its event's (``event=3``: the whole event was quarantined); ``file`` or
-    ``document`` select every record of the payload, as an ingest run does
-    (:data:`ALL_RECORDS`). Locators no record answered are :meth:`missing`.
-    """
-
-    locators: frozenset[str]
-    found: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._events = frozenset(locator.split(";", 1)[0] for locator in self.locators)
-
-    @classmethod
-    def of(cls, locators: Iterable[str]) -> RecordSelection:
-        return cls(frozenset(locators))
-
-    @property
-    def whole(self) -> bool:
-        """Every record of the payload (what an ingest run stages)."""
-        return not self.locators.isdisjoint(WHOLE_PAYLOAD)
-
-    def has_event(self, locator: str) -> bool:
-        """Whether a record of the event at ``locator`` (``event=N``) is selected."""
-        return self.whole or locator in self._events
-
-    def take(self, locator: str) -> bool:
-        """Whether the record at ``locator`` is selected (remembered as found when it is)."""
-        if self.whole:
-            return True
-        for candidate in (locator, locator.split(";", 1)[0]):
-            if candidate in self.locators:
-                self.found.add(candidate)
-                return True
-        return False
-
-    def unreadable(self, whole_locator: str | None) -> list[str]:
-        """Where to quarantine records of a payload that cannot be read any more: the payload
-        (``whole_locator``; None when another feed counts it) or each selected record."""
-        if self.whole:
-            return [whole_locator] if whole_locator else []
-        self.found.update(self.locators)
-        return sorted(self.locators)
-
-    def missing(self) -> list[str]:
-        """Selected locators the payload did not answer (the reader no longer finds them)."""
-        return [] if self.whole else sorted(self.locators - self.found)
-
-
-#: What an ingest run stages: everything (never remembers what it found).
-ALL_RECORDS = RecordSelection(frozenset({"file"}))
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -469,7 +410,7 @@ def stage_epcis_payload(
     processed: list[str] = []
     for event in resolution.kept:
         chosen = on_sensor if event.is_sensor_event else on_custody
-        if not chosen.has_event(event.locator):
+        if not chosen.has(event.locator):
             continue  # a replay's: not one of the records it re-stages
         if chosen.whole and event.key in staging.seen:
             if event.is_sensor_event:

@@ -27,7 +27,7 @@ mapped by :class:`cmohub.pipelines.logistics.FeedBatch`); the EPCIS feeds
 logger files of ``logistics-logger-csv`` (``raw/logger_csv/``), re-entered through the
 logistics pipeline's own :func:`~cmohub.pipelines.logistics.stage_epcis_payload` and
 :func:`~cmohub.pipelines.logistics.stage_logger_file` with a
-:class:`~cmohub.pipelines.logistics.RecordSelection` of the quarantined locators, so that
+:class:`~cmohub.pipelines.selection.RecordSelection` of the quarantined locators, so that
 only those records are staged, quarantined again or reported missing.
 
 EPCIS state: the sync remembers the key of every event it staged *or quarantined*
@@ -87,6 +87,7 @@ from cmohub.mapping.readers import SourceRecord, read_records
 from cmohub.pipelines.context import RunContext, safe_run_id, utc_now
 from cmohub.pipelines.ledger import RunLedger
 from cmohub.pipelines.locks import run_lock
+from cmohub.pipelines.selection import RecordSelection, record_and_message
 from cmohub.pipelines.snapshot import (
     REPLAY_DAG,
     REPLAY_RUN,
@@ -453,7 +454,6 @@ def _replay_epcis(
         EPCIS_LOCK,
         FEED_CUSTODY,
         EpcisSelection,
-        RecordSelection,
         open_epcis_staging,
         stage_epcis_payload,
     )
@@ -520,7 +520,7 @@ def _replay_loggers(
 ) -> StageResult:
     """Re-stage logger readings from the CSV exports kept in ``raw/logger_csv/``, through
     :func:`~cmohub.pipelines.logistics.stage_logger_file`, limited to the rows quarantined."""
-    from cmohub.pipelines.logistics import FeedBatch, RecordSelection, stage_logger_file  # noqa: PLC0415
+    from cmohub.pipelines.logistics import FeedBatch, stage_logger_file  # noqa: PLC0415
 
     batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
     for sha, ref in refs.items():
@@ -635,7 +635,8 @@ def _replay_clinical(
     def not_found(dataset: str, missing: list[str]) -> list[QuarantineEntry]:
         return _not_found(lines, missing, dataset=dataset, feed=feed, sha=manifest_sha)
 
-    reentry = Reentry(feed, manifest_sha, manifest, frozenset(_locators(lines)), root, not_found)
+    select = RecordSelection.of(_locators(lines), record_and_message)
+    reentry = Reentry(feed, manifest_sha, manifest, select, root, not_found)
     return restage_quarantined(context, reentry, ledger=ledger, vault=vault)
 
 
