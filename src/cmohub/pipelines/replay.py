@@ -77,7 +77,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmohub.contracts.report import QuarantineEntry, Reason, SourceRef
 from cmohub.errors import ConfigError, ParseError
@@ -98,6 +98,9 @@ from cmohub.pipelines.snapshot import (
 from cmohub.pipelines.stage import FeedStager, StageResult
 from cmohub.settings import RawClinicalPolicy, Settings
 from cmohub.sources.delivery import CmoFeed, load_cmo_feeds
+
+if TYPE_CHECKING:
+    from cmohub.pipelines.logistics import FeedBatch
 
 #: A record a replay could not find in its payload any more (the reader changed its locators).
 RECORD_NOT_FOUND = "REPLAY_RECORD_NOT_FOUND"
@@ -378,30 +381,50 @@ def _locators(lines: list[dict[str, Any]]) -> list[str]:
     return [str(line.get("source_locator")) for line in lines]
 
 
-def _replay_cmo(
-    context: RunContext,
-    feed: str,
-    grouped: dict[str, list[dict[str, Any]]],
-    refs: dict[str, RawRef],
-    *,
-    config: CmoFeed,
-    port: IdentityPort,
-    ledger: RunLedger,
-) -> StageResult:
+@dataclass(frozen=True)
+class _Replay:
+    """What a replayer works from: the replay run, the feed, its quarantine lines by payload,
+    where those payloads are kept, the vault and the replay's ledger."""
+
+    context: RunContext
+    feed: str
+    grouped: dict[str, list[dict[str, Any]]]
+    refs: dict[str, RawRef]
+    port: IdentityPort
+    ledger: RunLedger
+
+    def payloads(self) -> Iterator[tuple[str, RawRef, list[dict[str, Any]]]]:
+        """Each kept payload, recorded as an input of the replay, with its quarantine lines."""
+        for sha, ref in self.refs.items():
+            self.ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+            yield sha, ref, self.grouped[sha]
+
+    def feed_batch(self) -> FeedBatch:
+        from cmohub.pipelines.logistics import FeedBatch  # noqa: PLC0415
+
+        return FeedBatch(FeedStager(self.context, self.feed, port=self.port, ledger=self.ledger))
+
+    def not_found(
+        self, lines: list[dict[str, Any]], missing: list[str], dataset: str, sha: str
+    ) -> list[QuarantineEntry]:
+        return _not_found(lines, missing, dataset=dataset, feed=self.feed, sha=sha)
+
+
+def _replay_cmo(job: _Replay, config: CmoFeed) -> StageResult:
     """Re-stage a CMO mapping's quarantined records from the files kept in ``raw/``."""
     from cmohub.pipelines.cmo import FileStaging, keys_for, open_raw, read_file  # noqa: PLC0415
 
+    context, feed = job.context, job.feed
     keys = keys_for(config, context)
-    staging = FileStaging(context, port, ledger)
+    staging = FileStaging(context, job.port, job.ledger)
     dataset = staging.batch(feed).compiled.spec.dataset
-    for sha, ref in refs.items():
+    for sha, ref, lines in job.payloads():
         plaintext = open_raw(context, config, ref, keys)
         records = read_file(staging, feed, sha, plaintext)
         del plaintext
-        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
         if records is None:  # still unreadable: quarantined whole again (PARSE_*)
             continue
-        chosen, lost = _pick(records, grouped[sha], dataset=dataset, feed=feed, sha=sha)
+        chosen, lost = _pick(records, lines, dataset=dataset, feed=feed, sha=sha)
         for entry in lost:
             staging.reject_file(feed, sha, entry)
         staging.add(feed, sha, chosen)
@@ -409,39 +432,20 @@ def _replay_cmo(
     return result
 
 
-def _replay_courier(
-    context: RunContext,
-    feed: str,
-    grouped: dict[str, list[dict[str, Any]]],
-    refs: dict[str, RawRef],
-    *,
-    port: IdentityPort,
-    ledger: RunLedger,
-) -> StageResult:
+def _replay_courier(job: _Replay) -> StageResult:
     """Re-stage courier shipments or legs from the API pages kept in ``raw/courier/``."""
-    from cmohub.pipelines.logistics import FeedBatch  # noqa: PLC0415
-
-    batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
+    batch = job.feed_batch()
     spec = batch.stager.compiled.spec
-    for sha, ref in refs.items():
-        records = list(read_records(spec.source, context.lake.get_raw(ref)))
-        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
-        chosen, lost = _pick(records, grouped[sha], dataset=batch.dataset, feed=feed, sha=sha)
+    for sha, ref, lines in job.payloads():
+        records = list(read_records(spec.source, job.context.lake.get_raw(ref)))
+        chosen, lost = _pick(records, lines, dataset=batch.dataset, feed=job.feed, sha=sha)
         batch.upstream.extend(lost)
         batch.add_records(sha, chosen)
     batch.stage()
     return batch.stager.finish()
 
 
-def _replay_epcis(
-    context: RunContext,
-    feed: str,
-    grouped: dict[str, list[dict[str, Any]]],
-    refs: dict[str, RawRef],
-    *,
-    port: IdentityPort,
-    ledger: RunLedger,
-) -> StageResult:
+def _replay_epcis(job: _Replay) -> StageResult:
     """Re-stage custody events or sensor readings from the EPCIS pages kept in ``raw/epcis/``.
 
     Through :func:`~cmohub.pipelines.logistics.stage_epcis_payload`, limited to the records
@@ -458,26 +462,21 @@ def _replay_epcis(
         stage_epcis_payload,
     )
 
-    lake = context.lake
-    _refuse_sensor_pages(lake, feed, refs, grouped)
+    context, feed, lake = job.context, job.feed, job.context.lake
+    _refuse_sensor_pages(lake, feed, job.refs, job.grouped)
     with run_lock(context.settings.home_dir, EPCIS_LOCK):
-        staging = open_epcis_staging(context, port, ledger, feeds=[feed])
+        staging = open_epcis_staging(context, job.port, job.ledger, feeds=[feed])
         batch = staging.custody if feed == FEED_CUSTODY else staging.sensor
-        for sha, ref in refs.items():
-            wanted = RecordSelection.of(_locators(grouped[sha]))
+        for sha, ref, lines in job.payloads():
+            wanted = RecordSelection.of(_locators(lines))
             other = RecordSelection.of(())
             select = (
                 EpcisSelection(custody=wanted, sensor=other)
                 if feed == FEED_CUSTODY
                 else EpcisSelection(custody=other, sensor=wanted)
             )
-            ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
             stage_epcis_payload(lake.get_raw(ref), sha, staging, select=select)
-            batch.upstream.extend(
-                _not_found(
-                    grouped[sha], wanted.missing(), dataset=batch.dataset, feed=feed, sha=sha
-                )
-            )
+            batch.upstream.extend(job.not_found(lines, wanted.missing(), batch.dataset, sha))
         batch.stage()
         result = batch.stager.finish()
         staging.save_state()
@@ -509,27 +508,17 @@ def _refuse_sensor_pages(
             )
 
 
-def _replay_loggers(
-    context: RunContext,
-    feed: str,
-    grouped: dict[str, list[dict[str, Any]]],
-    refs: dict[str, RawRef],
-    *,
-    port: IdentityPort,
-    ledger: RunLedger,
-) -> StageResult:
+def _replay_loggers(job: _Replay) -> StageResult:
     """Re-stage logger readings from the CSV exports kept in ``raw/logger_csv/``, through
     :func:`~cmohub.pipelines.logistics.stage_logger_file`, limited to the rows quarantined."""
-    from cmohub.pipelines.logistics import FeedBatch, stage_logger_file  # noqa: PLC0415
+    from cmohub.pipelines.logistics import stage_logger_file  # noqa: PLC0415
 
-    batch = FeedBatch(FeedStager(context, feed, port=port, ledger=ledger))
-    for sha, ref in refs.items():
-        wanted = RecordSelection.of(_locators(grouped[sha]))
-        ledger.inputs.append({"sha256": sha, "raw": ref.relative_path})
+    context = job.context
+    batch = job.feed_batch()
+    for sha, ref, lines in job.payloads():
+        wanted = RecordSelection.of(_locators(lines))
         stage_logger_file(context.lake.get_raw(ref), sha, batch, context.path_run_id, select=wanted)
-        batch.upstream.extend(
-            _not_found(grouped[sha], wanted.missing(), dataset=batch.dataset, feed=feed, sha=sha)
-        )
+        batch.upstream.extend(job.not_found(lines, wanted.missing(), batch.dataset, sha))
     batch.stage()
     return batch.stager.finish()
 
@@ -720,13 +709,11 @@ def replay_quarantine(
             )
         else:
             with _identity(settings, port) as identity:
+                job = _Replay(context, feed, grouped, refs, identity, ledger)
                 if config is not None:
-                    staged = _replay_cmo(
-                        context, feed, grouped, refs, config=config, port=identity, ledger=ledger
-                    )
+                    staged = _replay_cmo(job, config)
                 else:
-                    replayer = _LOGISTICS_REPLAYERS[LOGISTICS_RAW[feed]]
-                    staged = replayer(context, feed, grouped, refs, port=identity, ledger=ledger)
+                    staged = _LOGISTICS_REPLAYERS[LOGISTICS_RAW[feed]](job)
         result.ledger = ledger.save(context)  # last: it marks the replay done
     return _finish(result, plan, staged, ledger, len(grouped))
 
