@@ -272,6 +272,44 @@ def test_sensor_readings_in_a_unit_learned_since_are_staged_once(
     assert set(ledger["counts"]) == {SENSOR}
 
 
+def test_readings_of_a_sensor_event_with_a_corrupted_coi_are_quarantined_by_report(
+    sandbox_program: Path, tmp_path: Path
+) -> None:
+    """Each reading is quarantined at the locator a good reading is staged at (the element
+    and report), so a quarantine file names every reading the same way."""
+    program = tmp_path / "program"
+    shutil.copytree(sandbox_program / "epcis", program / "epcis")
+    path = sorted((program / "epcis").glob("*.jsonld"))[3]
+    document = json.loads(path.read_text())
+    events = document["epcisBody"]["eventList"]
+    event = next(e for e in events if e.get("sensorElementList"))
+    coi = event["cmohub:coi"]
+    corrupted = coi[:-1] + ("A" if coi[-1] != "A" else "B")  # any other check character
+    event["cmohub:coi"], event["epcList"] = corrupted, [f"urn:cmohub:coi:{corrupted}"]
+    path.write_text(json.dumps(document))
+    settings = load_settings(home=tmp_path / "home")
+
+    sensor = run_epcis(program, settings, Enrolled(enrolled_cois(sandbox_program)))["feeds"][SENSOR]
+
+    lines = lines_of(settings, sensor["quarantine"])
+    assert {line["code"] for line in lines} == {"COI_CHECK_INVALID"}
+    reports = [
+        (element, report)
+        for element, e in enumerate(event["sensorElementList"], 1)
+        for report, r in enumerate(e["sensorReport"], 1)
+        if r.get("type") in ("Temperature", "gs1:Temperature")
+    ]
+    assert reports
+    # (the event's position is its place in the query page that brought it)
+    (position,) = {line["source_locator"].split(";")[0] for line in lines}
+    assert [line["source_locator"] for line in lines] == [
+        f"{position};element={element};report={report}" for element, report in reports
+    ]
+    staged_refs = [r["_source_ref"] for r in staged(settings, "logistics.temperature_reading")]
+    assert staged_refs
+    assert all(ref.split("#", 1)[1].count(";") == 2 for ref in staged_refs)  # the same form
+
+
 # --- whole EPCIS pages ----------------------------------------------------------------------------
 
 

@@ -208,6 +208,17 @@ class EpcisEvent:
     def locator(self) -> str:
         return f"event={self.index}"
 
+    def sensor_reports(self) -> Iterator[tuple[str, SensorElement, SensorReport]]:
+        """Each sensor report with its locator, ``event=N;element=E;report=R`` (1-based)."""
+        for e_number, element in enumerate(self.sensor_elements, start=1):
+            for r_number, report in enumerate(element.reports, start=1):
+                yield f"event={self.index};element={e_number};report={r_number}", element, report
+
+    @property
+    def temperature_locators(self) -> list[str]:
+        """The locators of the event's temperature reports (the sensor feed's records)."""
+        return [locator for locator, _, r in self.sensor_reports() if r.type in TEMPERATURE_TYPES]
+
     def party(self, kind: str, role: str = POSSESSING) -> str | None:
         """The ``role`` party of the source (``kind="source"``) or destination list."""
         entries = self.sources if kind == "source" else self.destinations
@@ -837,84 +848,82 @@ def sensor_readings(
     for event in events:
         explicit_logger = event.extensions.get(CMOHUB_LOGGER)
         shipment = event.shipment_id
-        for e_number, element in enumerate(event.sensor_elements, start=1):
-            for r_number, report in enumerate(element.reports, start=1):
-                locator = f"event={event.index};element={e_number};report={r_number}"
-                if report.type not in TEMPERATURE_TYPES:
-                    out.other_reports += 1
-                    continue
-                logger = logger_id_of(
-                    str(explicit_logger)
-                    if explicit_logger is not None
-                    else report.device_id or element.device_id
+        for locator, element, report in event.sensor_reports():
+            if report.type not in TEMPERATURE_TYPES:
+                out.other_reports += 1
+                continue
+            logger = logger_id_of(
+                str(explicit_logger)
+                if explicit_logger is not None
+                else report.device_id or element.device_id
+            )
+            moment = report.time or element.time or event.event_time
+            if report.exception is not None:
+                condition = report.exception.upper()
+                code = (
+                    "EPCIS_SENSOR_ALARM_CONDITION"
+                    if "ALARM" in condition
+                    else "EPCIS_SENSOR_ERROR_CONDITION"
                 )
-                moment = report.time or element.time or event.event_time
-                if report.exception is not None:
-                    condition = report.exception.upper()
-                    code = (
-                        "EPCIS_SENSOR_ALARM_CONDITION"
-                        if "ALARM" in condition
-                        else "EPCIS_SENSOR_ERROR_CONDITION"
+                out.conditions.append(
+                    SensorCondition(
+                        event.index,
+                        locator,
+                        logger,
+                        shipment,
+                        report.type,
+                        condition,
+                        moment or event.event_time,
                     )
-                    out.conditions.append(
-                        SensorCondition(
+                )
+                out.rejected.append((locator, code, f"the sensor reported {condition}"))
+                continue
+            if report.value is None:
+                if report.min_value is not None or report.max_value is not None:
+                    out.summaries.append(
+                        SensorSummary(
                             event.index,
                             locator,
                             logger,
-                            shipment,
                             report.type,
-                            condition,
-                            moment or event.event_time,
+                            element.start_time,
+                            element.end_time,
+                            report.min_value,
+                            report.max_value,
+                            report.mean_value,
+                            report.uom,
                         )
                     )
-                    out.rejected.append((locator, code, f"the sensor reported {condition}"))
                     continue
-                if report.value is None:
-                    if report.min_value is not None or report.max_value is not None:
-                        out.summaries.append(
-                            SensorSummary(
-                                event.index,
-                                locator,
-                                logger,
-                                report.type,
-                                element.start_time,
-                                element.end_time,
-                                report.min_value,
-                                report.max_value,
-                                report.mean_value,
-                                report.uom,
-                            )
-                        )
-                        continue
-                    out.rejected.append(
-                        (locator, "EPCIS_SENSOR_VALUE_INVALID", "no finite reading value")
-                    )
-                    continue
-                unit = unit_cache.get(report.uom)
-                if unit is None:
-                    try:
-                        unit = unit_code(report.uom)
-                    except InputError as error:
-                        unit = error
-                    unit_cache[report.uom] = unit
-                if isinstance(unit, InputError):
-                    out.rejected.append((locator, unit.code, unit.message))
-                    continue
-                if logger is None:
-                    out.rejected.append(
-                        (locator, "EPCIS_SENSOR_DEVICE_MISSING", "the reading names no logger")
-                    )
-                    continue
-                value = report.value
-                if unit == "FAH":
-                    value = (value - 32.0) * (5.0 / 9.0)
-                elif unit == "KEL":
-                    value = value - 273.15
-                out.logger_id.append(logger)
-                out.shipment_id.append(shipment)
-                out.observed_at.append(_micros(moment))
-                out.celsius.append(round(value, 6))
-                out.locator.append(locator)
+                out.rejected.append(
+                    (locator, "EPCIS_SENSOR_VALUE_INVALID", "no finite reading value")
+                )
+                continue
+            unit = unit_cache.get(report.uom)
+            if unit is None:
+                try:
+                    unit = unit_code(report.uom)
+                except InputError as error:
+                    unit = error
+                unit_cache[report.uom] = unit
+            if isinstance(unit, InputError):
+                out.rejected.append((locator, unit.code, unit.message))
+                continue
+            if logger is None:
+                out.rejected.append(
+                    (locator, "EPCIS_SENSOR_DEVICE_MISSING", "the reading names no logger")
+                )
+                continue
+            value = report.value
+            if unit == "FAH":
+                value = (value - 32.0) * (5.0 / 9.0)
+            elif unit == "KEL":
+                value = value - 273.15
+            out.logger_id.append(logger)
+            out.shipment_id.append(shipment)
+            out.observed_at.append(_micros(moment))
+            out.celsius.append(round(value, 6))
+            out.locator.append(locator)
     return out
 
 

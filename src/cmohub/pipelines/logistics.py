@@ -331,15 +331,6 @@ class EpcisSelection:
     sensor: RecordSelection
 
 
-def _temperature_reports(event: EpcisEvent) -> int:
-    return sum(
-        1
-        for element in event.sensor_elements
-        for report in element.reports
-        if report.type in ("Temperature", "gs1:Temperature", "https://gs1.org/voc/Temperature")
-    )
-
-
 def _selected_readings(readings: SensorReadings, select: RecordSelection) -> SensorReadings:
     """The readings, rejections and summaries at selected locators (in their order)."""
     keep = [i for i, locator in enumerate(readings.locator) if select.take(locator)]
@@ -404,7 +395,7 @@ def stage_epcis_payload(
     suppressed = [*resolution.duplicates, *resolution.declarations, *resolution.retracted]
     for event in suppressed:
         if event.is_sensor_event:
-            sensor_duplicates += _temperature_reports(event) if on_sensor.whole else 0
+            sensor_duplicates += len(event.temperature_locators) if on_sensor.whole else 0
         else:
             custody_duplicates += 1 if on_custody.whole else 0
     processed: list[str] = []
@@ -414,7 +405,7 @@ def stage_epcis_payload(
             continue  # a replay's: not one of the records it re-stages
         if chosen.whole and event.key in staging.seen:
             if event.is_sensor_event:
-                sensor_duplicates += _temperature_reports(event)
+                sensor_duplicates += len(event.temperature_locators)
             else:
                 custody_duplicates += 1
             continue
@@ -440,12 +431,9 @@ def stage_epcis_payload(
     for event in sensor_events:
         coi = event.coi
         if coi is not None and validate_coi(coi) is not None:
-            locators = (
-                f"{event.locator};report={i}" for i in range(1, _temperature_reports(event) + 1)
-            )
             sensor_upstream.extend(
                 _entry(sensor_ds, sha256, locator, "COI_CHECK_INVALID", "epcis")
-                for locator in locators
+                for locator in event.temperature_locators
                 if on_sensor.take(locator)
             )
         else:
