@@ -71,6 +71,11 @@ def test_the_readme_flow(cli, cmohub_home: Path) -> None:  # type: ignore[no-unt
     refused = cli("vault", "reveal", str(coi), "--purpose", "AE follow-up", "--ticket", "PV-1",
                   "--actor", "bob", "--allow-pipe")  # fmt: skip
     assert refused.code == 1 and "VAULT_ACCESS_DENIED" in refused.err
+    # Into a pipe, without --allow-pipe: who may not re-identify is told that first.
+    piped = cli(
+        "vault", "reveal", str(coi), "--purpose", "AE", "--ticket", "PV-1", "--actor", "bob"
+    )
+    assert piped.code == 1 and "VAULT_ACCESS_DENIED" in piped.err
     not_tty = cli(
         "vault", "reveal", str(coi), "--purpose", "AE", "--ticket", "PV-1", "--actor", "alice"
     )
@@ -96,7 +101,12 @@ def test_the_readme_flow(cli, cmohub_home: Path) -> None:  # type: ignore[no-unt
     assert csv_report.code == 0
     lines = csv_report.out.splitlines()
     assert lines[0].startswith("section,seq,time")
-    assert any(",refuse,bob," in line and "VAULT_ACCESS_DENIED" in line for line in lines)
+    assert sum(",refuse,bob," in line and "VAULT_ACCESS_DENIED" in line for line in lines) == 2
+    # The refusal to print into a pipe is an attempt too: audited, with its purpose and ticket.
+    assert any(
+        ",refuse,alice," in line and ",AE,PV-1," in line and "VAULT_REVEAL_NOT_A_TERMINAL" in line
+        for line in lines
+    )
     assert sum(",reveal,alice,privacy_officer," in line for line in lines) == 2
     assert sum(line.startswith("keys,") for line in lines) == 2
     assert any(line.startswith("tokenize,") and ",cli," in line for line in lines)

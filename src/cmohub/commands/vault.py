@@ -199,16 +199,21 @@ def reveal(
     Example:  cmohub vault reveal CHA999926AB12C3G --purpose "AE follow-up" --ticket PV-1234
 
     Every attempt, granted or refused, is recorded in the audit log with the purpose and ticket.
-    Refused: exit 1 with VAULT_ACCESS_DENIED.
+    Refused: exit 1 with VAULT_ACCESS_DENIED, or VAULT_REVEAL_NOT_A_TERMINAL when standard
+    output is a file or pipe and --allow-pipe is not given.
     """
+    # Refused before anything is decrypted, and audited like the vault's own refusals.
+    refused = None
     if not allow_pipe and not sys.stdout.isatty():
-        raise VaultError(
+        refused = VaultError(
             "standard output is not a terminal: the identifier would be written to a file or "
             "pipe; use --allow-pipe if that is intended",
             code="VAULT_REVEAL_NOT_A_TERMINAL",
         )
     with _open() as vault:
-        revealed = vault.reveal(coi, actor=_actor(actor), purpose=purpose, ticket=ticket)
+        revealed = vault.reveal(
+            coi, actor=_actor(actor), purpose=purpose, ticket=ticket, refused=refused
+        )
     typer.echo(f"COI      {format_coi(revealed.coi)}")
     typer.echo(f"system   {revealed.identity.system}")
     # The one place an identifier value is printed: to the privacy officer's terminal.

@@ -1478,15 +1478,36 @@ class Vault:
     def _may(self, actor: Actor) -> bool:
         return actor.role == PRIVACY_OFFICER and self._roles.grants(actor.name, PRIVACY_OFFICER)
 
-    def reveal(self, coi: str, *, actor: Actor, purpose: str, ticket: str) -> RevealedIdentity:
+    def reveal(
+        self,
+        coi: str,
+        *,
+        actor: Actor,
+        purpose: str,
+        ticket: str,
+        refused: HubError | None = None,
+    ) -> RevealedIdentity:
         """Re-identify one COI: privacy officers only, with a purpose and a ticket; audited."""
-        return self.reveal_many([coi], actor=actor, purpose=purpose, ticket=ticket)[0]
+        return self.reveal_many(
+            [coi], actor=actor, purpose=purpose, ticket=ticket, refused=refused
+        )[0]
 
     @_batched
     def reveal_many(
-        self, cois: Sequence[str], *, actor: Actor, purpose: str, ticket: str
+        self,
+        cois: Sequence[str],
+        *,
+        actor: Actor,
+        purpose: str,
+        ticket: str,
+        refused: HubError | None = None,
     ) -> list[RevealedIdentity]:
-        """Re-identify COIs (one audit event each, one transaction). All or nothing."""
+        """Re-identify COIs (one audit event each, one transaction). All or nothing.
+
+        ``refused``: the caller's own reason not to show the identifiers (the CLI's, when its
+        output is not a terminal). It is recorded and raised like the vault's refusals, after
+        them: an actor who may not re-identify is told that first.
+        """
         purpose_text, ticket_text = (purpose or "").strip(), (ticket or "").strip()
         parsed: list[str | None] = []
         bad: list[tuple[int, IdentifierError]] = []
@@ -1510,6 +1531,8 @@ class Vault:
         elif bad:
             position, first = bad[0]
             refusal = IdentifierError(first.message, code=first.code, where=f"cois[{position}]")
+        else:
+            refusal = refused
         if refusal is not None:
             self._audit_alone(
                 [
