@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from tests.conftest import need
 
-from cmohub.errors import CryptoError, VaultError
+from cmohub.errors import ConfigError, CryptoError, VaultError
 from cmohub.identifiers import Coi
 from cmohub.identity import Actor, CoiStatus, SubjectIdentity, TokenizeRequest
 from cmohub.sensitive import Sensitive
@@ -211,3 +211,12 @@ def test_a_random_collision_in_a_copied_batch_is_retried_on_postgresql(pg_url: s
         assert vault.tokenize_many(requests, actor=SERVICE) == result.cois
         assert vault.status().cois_active == 801
         assert vault.verify_audit().intact
+
+
+def test_a_postgresql_vault_is_backed_up_with_postgresqls_tools(
+    vault: Vault, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        vault.backup(tmp_path / "b.sqlite", actor=SERVICE)
+    assert refused.value.code == "VAULT_BACKUP_UNSUPPORTED" and "pg_dump" in refused.value.message
+    assert list(tmp_path.iterdir()) == []

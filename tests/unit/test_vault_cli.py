@@ -180,3 +180,24 @@ def test_enroll_imports_the_sponsor_register(cli, cmohub_home: Path) -> None:  #
     run = cli("vault", "tokenize", "--system", "urn:cmohub:sandbox:mrn:A9991",
               "--event", "SBX-TE-000001", stdin=CANARY)  # fmt: skip
     assert run.out.strip() == coi
+
+
+def test_backup_prints_where_and_what_it_checked_and_never_an_identifier(  # type: ignore[no-untyped-def]
+    cli, cmohub_home: Path, tmp_path: Path
+) -> None:
+    cli("vault", "init", "--privacy-officer", "alice")
+    cli("vault", "tokenize", "--system", SYSTEM, "--event", "ENR-1", stdin=f"{CANARY}\n")
+    target = tmp_path / "vault-backup.sqlite"
+    made = cli("vault", "backup", str(target), "--actor", "bob")
+    assert made.code == 0, made.err
+    assert made.out.startswith(f"backup written: {target} (")
+    assert "audit log intact" in made.out and "1 active COIs" in made.out
+    assert "not in the backup: it needs index v1, kek v1, audit v1" in made.out
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    again = cli("vault", "backup", str(target))
+    assert again.code == 1 and "VAULT_BACKUP_EXISTS" in again.err
+    report = cli("vault", "audit", "report", "--since", "2000-01-01")
+    assert any(line.startswith("export,") and ",bob," in line and "database backup" in line
+               for line in report.out.splitlines())  # fmt: skip
+    assert all(CANARY not in r.out + r.err for r in cli.outputs)
+    assert CANARY.encode() not in target.read_bytes()  # sealed, as in the vault

@@ -79,6 +79,10 @@ VAULT_CHECKPOINT_INVALID        CryptoError                  not a checkpoint ob
 VAULT_ENROLLMENT_INVALID        VaultError                   enrollments.ndjson line unusable
 VAULT_REVEAL_NOT_A_TERMINAL     VaultError                   CLI reveal into a file or pipe
 VAULT_REPORT_INVALID            VaultError                   CLI report dates malformed
+VAULT_BACKUP_EXISTS             VaultError                   backup file name taken
+VAULT_BACKUP_FAILED             VaultError                   backup not written or its check
+                                                             failed (nothing left behind)
+VAULT_BACKUP_UNSUPPORTED        ConfigError                  PostgreSQL: use its own tools
 =============================== ============================ ===============================
 
 Semantics worth knowing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import secrets
 import struct
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, cast
 
 from cryptography.hazmat.primitives import hashes
@@ -55,6 +57,7 @@ from cmohub.vault.normalize import (
 )
 from cmohub.vault.results import (
     AuditRecord,
+    BackupResult,
     EnrollmentAssignment,
     EnrollResult,
     InitResult,
@@ -2067,6 +2070,80 @@ class Vault:
 
         result: list[AuditRecord] = self._tx(work)
         return result
+
+    # --- backup ------------------------------------------------------------------------------
+
+    def backup(self, path: str | os.PathLike[str], *, actor: Actor) -> BackupResult:
+        """Write a consistent copy of an SQLite vault to the new file ``path``, checked.
+
+        Recorded first (an ``export`` event, then a checkpoint, both in the copy). The copy is
+        SQLite's online backup (pipelines may keep writing), opened again with this vault's
+        keys before it gets its name: the audit log verifies up to that checkpoint, and every
+        data key unwraps. The keys are not in it (see :mod:`cmohub.vault.backup`).
+        PostgreSQL is backed up with its own tools: VAULT_BACKUP_UNSUPPORTED.
+        """
+        from cmohub.vault import backup  # noqa: PLC0415 - only backups need it
+
+        if self._store.pg:
+            raise ConfigError(
+                "a PostgreSQL vault is backed up with PostgreSQL's own tools (pg_dump, base "
+                "backups); keep the keys apart from those backups",
+                code="VAULT_BACKUP_UNSUPPORTED",
+            )
+        target = Path(os.path.abspath(path))
+        backup.check_target(target)
+        event = self._event("export", actor, purpose="database backup", file=target.name)
+        self._audit_alone([event])
+        made = self.checkpoint()
+        partial = backup.partial_path(target)
+        raw = self._engine.raw_connection()
+        try:
+            backup.copy_database(cast("Any", raw).driver_connection, partial)
+        finally:
+            raw.close()
+        try:
+            result = self._check_backup(partial, made)
+            sha256 = backup.finish(partial)
+            size = partial.stat().st_size
+            backup.place(partial, target)
+        except BaseException:
+            backup.discard(partial)
+            raise
+        log.info("vault backed up (%d audit events, checkpoint %d)", result[0], made.size)
+        return BackupResult(str(target), size, sha256, *result)
+
+    def _check_backup(
+        self, partial: Path, made: Checkpoint
+    ) -> tuple[int, Checkpoint, int, int, int, dict[str, int]]:
+        copy = Vault(f"sqlite:///{partial}", self._keys.provider, fin=self._fin)
+        try:
+            copy.check_schema()
+            verification = copy.verify_audit(witnesses=[made])
+            if not verification.intact:
+                raise VaultError(
+                    f"the copy's audit log does not verify: {verification.reason}",
+                    code="VAULT_BACKUP_FAILED",
+                )
+            status = copy.status()
+            if status.last_checkpoint is None or status.last_checkpoint.size != made.size:
+                raise VaultError(
+                    "the copy does not end with the checkpoint made for it",
+                    code="VAULT_BACKUP_FAILED",
+                )
+
+            def unwrap_all(connection: Connection) -> int:
+                rows = connection.exec_driver_sql("SELECT id FROM vault_data_key")
+                ids = [row[0] for row in rows]
+                return len(copy._opening_keys(connection, ids))  # CryptoError if one does not
+
+            data_keys: int = copy._tx(unwrap_all, readonly=True)
+            copy._keys.index(status.index_version)  # ConfigError if the key is missing
+        finally:
+            copy.close()
+        versions = {"index": status.index_version, "kek": status.kek_version,
+                    "audit": status.audit_version}  # fmt: skip
+        return (status.audit_events, made, status.cois_active, status.cois_withdrawn,
+                data_keys, versions)  # fmt: skip
 
     # --- status ------------------------------------------------------------------------------
 

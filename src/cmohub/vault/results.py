@@ -122,3 +122,18 @@ class AuditRecord:
     coi: str | None
     outcome: str
     details: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """A backup written by :meth:`cmohub.vault.Vault.backup`, and what its check found."""
+
+    path: str
+    size: int  # bytes
+    sha256: str
+    audit_events: int  # all verified, the last checkpoint covering every one of them
+    checkpoint: Checkpoint
+    cois_active: int
+    cois_withdrawn: int
+    data_keys: int  # each unwrapped with the KEK version it names
+    key_versions: dict[str, int]  # the active version of each key the backup needs
