@@ -1,4 +1,5 @@
-"""Vault maintenance: audit verification, a signed checkpoint every day, quarterly key rotation."""
+"""Vault maintenance: audit verification, a signed checkpoint and a backup every day, quarterly
+key rotation."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ def vault_maintenance() -> None:
         )
 
     @task
-    def rotate_keys(checkpoint: dict[str, object]) -> dict[str, object]:
+    def back_up(checkpoint: dict[str, object]) -> dict[str, object]:
+        return run_pipeline(  # type: ignore[no-any-return]
+            "cmohub.pipelines.vault_maintenance:back_up", get_current_context()
+        )
+
+    @task
+    def rotate_keys(backup: dict[str, object]) -> dict[str, object]:
         context = get_current_context()
         return run_pipeline(  # type: ignore[no-any-return]
             "cmohub.pipelines.vault_maintenance:rotate_keys_if_due",
@@ -34,7 +41,7 @@ def vault_maintenance() -> None:
             force=bool(context["params"].get("force_rotation")),
         )
 
-    rotate_keys(verify_and_checkpoint())
+    rotate_keys(back_up(verify_and_checkpoint()))
 
 
 vault_maintenance()

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     hl7_inbox: Path | None = None
     master_dir: Path | None = None
     odcs_schemas: Path | None = None
+    vault_backup_dir: Path | None = None
+    vault_backup_keep: int = Field(default=14, ge=0)
 
     @property
     def home_dir(self) -> Path:
@@ -117,6 +119,11 @@ class Settings(BaseSettings):
     @property
     def hl7_inbox_dir(self) -> Path:
         return (self.hl7_inbox or self.sandbox_root / "clinical" / "hl7").expanduser().absolute()
+
+    @property
+    def vault_backups(self) -> Path:
+        """Where vault_maintenance keeps its daily vault backups (default: under the home)."""
+        return (self.vault_backup_dir or self.home_dir / "backups").expanduser().absolute()
 
     @property
     def roles_file(self) -> Path:

@@ -1,4 +1,5 @@
-"""vault_maintenance through dag.test(): checkpoints an intact log, refuses a tampered one."""
+"""vault_maintenance through dag.test(): checkpoints and backs up an intact log, refuses a
+tampered one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
 from cmohub.sensitive import Sensitive
 from cmohub.settings import load_settings
-from cmohub.vault import open_vault
+from cmohub.vault import FileKeyProvider, Vault, open_vault
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINEER = Actor(name="dana", role="data_engineer")
@@ -54,6 +55,14 @@ def test_an_intact_log_is_checkpointed_and_keys_rotate_when_due(vault_home: Path
         assert (status.index_version, status.kek_version) == (2, 2)  # 1 April: a quarter starts
     finally:
         vault.close()
+    # The day's backup, taken before the rotation: it opens with the keys of then (v1).
+    backup = vault_home / "backups" / "vault-2026-04-01.sqlite"
+    copy = Vault.open(f"sqlite:///{backup}", FileKeyProvider(vault_home / "keys"))
+    try:
+        copied = copy.status()
+        assert (copied.index_version, copied.kek_version, copied.cois_active) == (1, 1, 5)
+    finally:
+        copy.close()
 
 
 def test_a_tampered_log_fails_the_run_and_is_not_checkpointed(vault_home: Path) -> None:
@@ -68,3 +77,4 @@ def test_a_tampered_log_fails_the_run_and_is_not_checkpointed(vault_home: Path) 
         assert vault.status().last_checkpoint == before  # nothing signed over the tampering
     finally:
         vault.close()
+    assert not (vault_home / "backups").exists()  # nor backed up

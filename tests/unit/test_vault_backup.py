@@ -10,15 +10,18 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from cmohub.errors import CryptoError, VaultError
 from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
+from cmohub.pipelines import vault_maintenance
+from cmohub.pipelines.context import RunContext
 from cmohub.sensitive import Sensitive
-from cmohub.vault import AuditStatus, MemoryKeyProvider, Roles, Vault
+from cmohub.settings import load_settings
+from cmohub.vault import AuditStatus, MemoryKeyProvider, Roles, Vault, open_vault
 
 SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
@@ -164,3 +167,57 @@ def test_a_backup_whose_data_keys_do_not_unwrap_fails_its_check(
         vault.backup(tmp_path / "b.sqlite", actor=ENGINEER)
     assert failed.value.code == "VAULT_DECRYPT_FAILED"
     assert not (tmp_path / "b.sqlite").exists() and leftovers(tmp_path) == []
+
+
+# --- the vault_maintenance DAG's daily backup -----------------------------------------------
+
+
+def maintenance(home: Path, day: int, **settings: object) -> dict[str, object]:
+    start = datetime(2026, 3, day, 2, tzinfo=UTC)
+    context = RunContext(
+        "vault_maintenance",
+        f"run-{day}",
+        start,
+        start,
+        settings=load_settings(home=home, **settings),
+    )
+    return vault_maintenance.back_up(context)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    vault = open_vault(load_settings(home=home), initialize=True)
+    vault.init(actor=SERVICE)
+    vault.tokenize_many(requests(0, 5), actor=SERVICE)
+    vault.close()
+    return home
+
+
+def test_the_daily_backup_keeps_the_newest_and_a_retry_keeps_the_days_backup(home: Path) -> None:
+    folder = home / "backups"
+    for day in range(1, 6):
+        result = maintenance(home, day, vault_backup_keep=3)
+        assert result["backup"] == str(folder / f"vault-2026-03-0{day}.sqlite")
+    (folder / "notes.txt").write_text("kept: not a backup this task names")
+    (folder / "vault-latest.sqlite").write_text("kept: not a day")
+    retry = maintenance(home, 5, vault_backup_keep=3)
+    assert (retry["already"], retry["removed"]) == (True, [])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "notes.txt",
+        "vault-2026-03-03.sqlite",
+        "vault-2026-03-04.sqlite",
+        "vault-2026-03-05.sqlite",
+        "vault-latest.sqlite",
+    ]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_the_daily_backup_goes_where_it_is_told_or_nowhere(home: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "offsite"
+    made = maintenance(home, 1, vault_backup_dir=elsewhere)
+    assert made["backup"] == str(elsewhere / "vault-2026-03-01.sqlite")
+    assert not (home / "backups").exists()
+    off = maintenance(home, 2, vault_backup_keep=0)
+    assert off["backup"] is None and "CMOHUB_VAULT_BACKUP_KEEP" in str(off["reason"])
+    assert not (home / "backups").exists()

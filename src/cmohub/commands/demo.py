@@ -303,6 +303,9 @@ def stage_results(ctx: DemoContext) -> None:
     if faulty:
         ctx.notes.append(f"a COI's dossier   {home} cmohub coi report {faulty} --out dossier.html")
     ctx.notes.append(f"audit the vault   {home} cmohub vault audit verify")
+    backups = sorted((ctx.home / "backups").glob("vault-*.sqlite"))
+    if backups:  # vault_maintenance's, checked when it was taken
+        ctx.notes.append(f"vault backup      {backups[-1]}  (the keys are not in it)")
 
 
 Stage = Callable[[DemoContext], None]

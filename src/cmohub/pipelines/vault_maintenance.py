@@ -1,18 +1,27 @@
-"""Vault maintenance: verify the audit log, sign a checkpoint, rotate keys on schedule.
+"""Vault maintenance: verify the audit log, sign a checkpoint, back up, rotate keys on schedule.
 
 Run daily by the ``vault_maintenance`` DAG. An audit log that does not verify stops the run
-(Terminal: a person must look; nothing is checkpointed over a tampered log). Index and KEK
-rotation run on the first day of each quarter (or when asked), re-indexing and re-wrapping
+(Terminal: a person must look; nothing is checkpointed over a tampered log). An SQLite vault
+is then backed up (:meth:`cmohub.vault.Vault.backup`) to ``vault-<day>.sqlite`` in
+``CMOHUB_VAULT_BACKUP_DIR`` (default ``<home>/backups``), keeping the newest
+``CMOHUB_VAULT_BACKUP_KEEP`` (default 14; 0: no backups). Index and KEK rotation run on the
+first day of each quarter (or when asked), after the backup, re-indexing and re-wrapping
 inside the vault; no COI changes. Results are small dicts for XCom — never identifiers.
 """
 
 from __future__ import annotations
 
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 from cmohub.errors import VaultError
 from cmohub.pipelines.context import RunContext
 from cmohub.vault import open_vault
+from cmohub.vault.store import Backend
+
+BACKUP_PREFIX = "vault-"
+BACKUP_SUFFIX = ".sqlite"
 
 ROTATION_MONTHS = (1, 4, 7, 10)
 
@@ -37,6 +46,54 @@ def verify_and_checkpoint(context: RunContext) -> dict[str, Any]:
         }
     finally:
         vault.close()
+
+
+def back_up(context: RunContext) -> dict[str, Any]:
+    """Back up an SQLite vault for the run's day, then keep only the newest backups.
+
+    A retry of the same day finds its backup there and keeps it. Only files this task names
+    (``vault-YYYY-MM-DD.sqlite``) are ever removed.
+    """
+    keep = context.settings.vault_backup_keep
+    if keep == 0:
+        return {"backup": None, "reason": "CMOHUB_VAULT_BACKUP_KEEP is 0"}
+    folder = context.settings.vault_backups
+    target = folder / f"{BACKUP_PREFIX}{context.day.isoformat()}{BACKUP_SUFFIX}"
+    vault = open_vault(context.settings)
+    try:
+        if vault.backend is not Backend.SQLITE:
+            return {"backup": None, "reason": "PostgreSQL: backed up with its own tools"}
+        already = target.exists()
+        if not already:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            vault.backup(target, actor=context.actor())
+    finally:
+        vault.close()
+    removed = _prune(folder, keep)
+    return {"backup": str(target), "already": already, "removed": removed}
+
+
+def _prune(folder: Path, keep: int) -> list[str]:
+    names = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.name.startswith(BACKUP_PREFIX)
+        and p.name.endswith(BACKUP_SUFFIX)
+        and _is_day(p.name[len(BACKUP_PREFIX) : -len(BACKUP_SUFFIX)])
+    )
+    old = names[: max(len(names) - keep, 0)]
+    for name in old:
+        (folder / name).unlink()
+    return old
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
 
 
 def rotation_due(context: RunContext) -> bool:
