@@ -49,7 +49,7 @@ def check_target(target: Path) -> None:
 def copy_database(source: sqlite3.Connection, partial: Path) -> None:
     """SQLite's online backup of ``source`` into the new file ``partial`` (mode 0600)."""
     try:
-        os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
         target = sqlite3.connect(partial)
         try:
             source.backup(target)
