@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from cmohub.errors import VaultError
+from cmohub.lake import fsync_dir
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -109,11 +110,7 @@ def place(partial: Path, target: Path) -> None:
         ) from None
     finally:
         discard(partial)
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_dir(target.parent)
 
 
 def discard(partial: Path) -> None:
