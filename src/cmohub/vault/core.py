@@ -2102,19 +2102,34 @@ class Vault:
         finally:
             raw.close()
         try:
-            result = self._check_backup(partial, made)
+            status, data_keys = self._check_backup(partial, made)
             sha256 = backup.finish(partial)
             size = partial.stat().st_size
             backup.place(partial, target)
         except BaseException:
             backup.discard(partial)
             raise
-        log.info("vault backed up (%d audit events, checkpoint %d)", result[0], made.size)
-        return BackupResult(str(target), size, sha256, *result)
+        log.info("vault backed up (%d audit events, checkpoint %d)", status.audit_events, made.size)
+        return BackupResult(
+            path=str(target),
+            size=size,
+            sha256=sha256,
+            audit_events=status.audit_events,
+            checkpoint=made,
+            cois_active=status.cois_active,
+            cois_withdrawn=status.cois_withdrawn,
+            data_keys=data_keys,
+            key_versions={
+                "index": status.index_version,
+                "kek": status.kek_version,
+                "audit": status.audit_version,
+            },
+        )
 
-    def _check_backup(
-        self, partial: Path, made: Checkpoint
-    ) -> tuple[int, Checkpoint, int, int, int, dict[str, int]]:
+    def _check_backup(self, partial: Path, made: Checkpoint) -> tuple[VaultStatus, int]:
+        """The copy's status and how many data keys it holds, once its audit log verifies
+        against ``made`` (so it holds at least the events ``made`` signs) and every data key
+        and the active index key are there for it."""
         copy = Vault(f"sqlite:///{partial}", self._keys.provider, fin=self._fin)
         try:
             copy.check_schema()
@@ -2125,11 +2140,6 @@ class Vault:
                     code="VAULT_BACKUP_FAILED",
                 )
             status = copy.status()
-            if status.last_checkpoint is None or status.last_checkpoint.size != made.size:
-                raise VaultError(
-                    "the copy does not end with the checkpoint made for it",
-                    code="VAULT_BACKUP_FAILED",
-                )
 
             def unwrap_all(connection: Connection) -> int:
                 rows = connection.exec_driver_sql("SELECT id FROM vault_data_key")
@@ -2140,10 +2150,7 @@ class Vault:
             copy._keys.index(status.index_version)  # ConfigError if the key is missing
         finally:
             copy.close()
-        versions = {"index": status.index_version, "kek": status.kek_version,
-                    "audit": status.audit_version}  # fmt: skip
-        return (status.audit_events, made, status.cois_active, status.cois_withdrawn,
-                data_keys, versions)  # fmt: skip
+        return status, data_keys
 
     # --- status ------------------------------------------------------------------------------
 
