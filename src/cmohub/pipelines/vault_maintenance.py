@@ -11,7 +11,7 @@ inside the vault; no COI changes. Results are small dicts for XCom — never ide
 
 from __future__ import annotations
 
-from datetime import date
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from cmohub.pipelines.context import RunContext
 from cmohub.vault import open_vault
 from cmohub.vault.store import Backend
 
-BACKUP_PREFIX = "vault-"
-BACKUP_SUFFIX = ".sqlite"
+#: The daily backups' names: the only files this task ever removes.
+BACKUP_NAME = re.compile(r"vault-\d{4}-\d{2}-\d{2}\.sqlite")
 
 ROTATION_MONTHS = (1, 4, 7, 10)
 
@@ -58,7 +58,7 @@ def back_up(context: RunContext) -> dict[str, Any]:
     if keep == 0:
         return {"backup": None, "reason": "CMOHUB_VAULT_BACKUP_KEEP is 0"}
     folder = context.settings.vault_backups
-    target = folder / f"{BACKUP_PREFIX}{context.day.isoformat()}{BACKUP_SUFFIX}"
+    target = folder / f"vault-{context.day.isoformat()}.sqlite"
     vault = open_vault(context.settings)
     try:
         if vault.backend is not Backend.SQLITE:
@@ -74,26 +74,12 @@ def back_up(context: RunContext) -> dict[str, Any]:
 
 
 def _prune(folder: Path, keep: int) -> list[str]:
-    names = sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file()
-        and p.name.startswith(BACKUP_PREFIX)
-        and p.name.endswith(BACKUP_SUFFIX)
-        and _is_day(p.name[len(BACKUP_PREFIX) : -len(BACKUP_SUFFIX)])
-    )
+    backups = (p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name) and p.is_file())
+    names = sorted(p.name for p in backups)
     old = names[: max(len(names) - keep, 0)]
     for name in old:
         (folder / name).unlink()
     return old
-
-
-def _is_day(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return len(text) == 10
 
 
 def rotation_due(context: RunContext) -> bool:
