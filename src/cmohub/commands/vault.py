@@ -278,7 +278,7 @@ def backup(
     Example:  cmohub vault backup /backups/vault-2026-11-26.sqlite
 
     Safe while pipelines run (SQLite's online backup; a plain copy of vault.sqlite may miss
-    committed batches). Recorded in the audit log, with a checkpoint the copy ends with. The
+    committed batches). Recorded in the audit log, with a checkpoint the copy holds. The
     keys are not in the backup: keep CMOHUB_HOME/keys apart from it. SQLite only: a
     PostgreSQL vault is backed up with PostgreSQL's tools (VAULT_BACKUP_UNSUPPORTED).
     """
