@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cmohub.errors import ConfigError, SourceError
+from cmohub.mapping.store import resource_root
 from cmohub.sources.checksums import check_delivery, parse_sidecar, parse_sums, sums_line
 from cmohub.sources.delivery import (
     RemoteFile,
+    _feed_view,
     complete_files,
     is_temporary,
     list_complete,
@@ -198,3 +201,41 @@ def test_feed_options_given_once_apply_to_every_mapping_of_the_feed() -> None:
     feed = feeds["cmo_x"]
     assert (feed.options.checksums, feed.options.max_bytes) == ("sidecar", 1024)
     assert [r.mapping for r in feed.routes] == ["a", "b"]
+
+
+# --- feed discovery at DAG parse time reads only what configures a feed -------------------------
+
+FEED_PARTS = ("mapping", "produces", "source")
+
+
+def test_the_feed_view_of_every_shipped_mapping_is_what_a_full_parse_reads() -> None:
+    documents = [p for p in resource_root("mappings").iterdir() if p.name.endswith(".yaml")]
+    assert len(documents) > 20
+    for item in documents:
+        text = item.read_text(encoding="utf-8")
+        full = yaml.safe_load(text)
+        assert _feed_view(text) == {k: full[k] for k in FEED_PARTS if k in full}, item.name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # an anchor outside the parts read, used inside them
+        "fields: &opts {feed: cmo_x}\nsource:\n  options: *opts\nmapping: m\n",
+        # flow style at the top level
+        "{mapping: m, source: {options: {feed: cmo_x}}, fields: []}\n",
+        # a document marker and a directive
+        "%YAML 1.2\n---\nmapping: m\nsource:\n  options: {feed: cmo_x}\n",
+        # a quoted top-level key
+        '"mapping": m\nsource:\n  options: {feed: cmo_x}\nfields: [1]\n',
+        # a flow mapping whose continuation starts at column 0
+        "mapping: m\nsource: {options: {feed: cmo_x},\nformat: csv}\nfields: [1]\n",
+    ],
+    ids=["alias", "flow", "directive", "quoted-key", "flow-continued"],
+)
+def test_a_mapping_written_another_way_is_parsed_whole(text: str) -> None:
+    full = yaml.safe_load(text)
+    view = _feed_view(text)
+    assert {k: view[k] for k in FEED_PARTS if k in view} == {
+        k: full[k] for k in FEED_PARTS if k in full
+    }

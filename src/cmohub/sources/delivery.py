@@ -218,6 +218,35 @@ def parse_cmo_feeds(documents: Iterable[tuple[str, Any]]) -> dict[str, CmoFeed]:
 
 
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: The top-level keys :func:`parse_cmo_feeds` reads (a mapping's ``fields`` are most of it).
+_FEED_KEYS = ("mapping", "produces", "source")
+_TOP_LEVEL_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*:")
+
+
+def _feed_view(text: str) -> Any:
+    """The parts of a mapping document :func:`parse_cmo_feeds` reads: its top-level
+    ``mapping``, ``produces`` and ``source`` entries, parsed alone (about a quarter of the
+    YAML; this runs at DAG parse time). A document written any other way than as a block
+    mapping of plain keys at column 0 (flow style, directives, several documents), or whose
+    parts do not parse alone (an alias of an anchor elsewhere), is parsed whole."""
+    kept: list[str] = []
+    keep = False
+    for line in text.splitlines(keepends=True):
+        first = line[:1]
+        if first in ("", " ", "\t", "\n", "\r", "#"):
+            if keep:
+                kept.append(line)
+            continue
+        key = _TOP_LEVEL_KEY.match(line)
+        if key is None:
+            return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
+        keep = key.group(1) in _FEED_KEYS
+        if keep:
+            kept.append(line)
+    try:
+        return yaml.load("".join(kept), Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError:
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
 
 
 def _iter_documents(root: Path | Traversable) -> Iterable[tuple[str, Any]]:
@@ -229,12 +258,13 @@ def _iter_documents(root: Path | Traversable) -> Iterable[tuple[str, Any]]:
         else:
             try:
                 # DAG files build their DAGs from these at parse time: libyaml's loader is ~10x
-                # faster than the pure-Python one (same safe subset of YAML), and a document
-                # that never spells "feed" cannot declare one, so it is not parsed at all.
+                # faster than the pure-Python one (same safe subset of YAML), a document that
+                # never spells "feed" cannot declare one, so it is not parsed at all, and of
+                # the others only the parts that configure a feed are (_feed_view).
                 raw = item.read_bytes()
                 if b"feed" not in raw:
                     continue
-                yield str(item), yaml.load(raw.decode("utf-8"), Loader=_SAFE_LOADER)  # noqa: S506
+                yield str(item), _feed_view(raw.decode("utf-8"))
             except (yaml.YAMLError, UnicodeDecodeError, OSError):
                 continue  # mapping lint reports unreadable mappings; they route nothing
 
