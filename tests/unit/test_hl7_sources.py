@@ -56,7 +56,8 @@ def test_raw_payloads_are_encrypted_and_read_back(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as missing:
         RawClinicalStore(lake, keys, policy=RawClinicalPolicy.ENCRYPTED).get(digests[0])
     assert missing.value.code == "VAULT_KEY_MISSING"
-    path.write_bytes(path.read_bytes()[:-1] + b"\x00")  # altered ciphertext
+    sealed = path.read_bytes()
+    path.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))  # altered ciphertext
     with pytest.raises(CryptoError):
         raw.get(digests[0])
 
