@@ -201,3 +201,44 @@ def test_backup_prints_where_and_what_it_checked_and_never_an_identifier(  # typ
                for line in report.out.splitlines())  # fmt: skip
     assert all(CANARY not in r.out + r.err for r in cli.outputs)
     assert CANARY.encode() not in target.read_bytes()  # sealed, as in the vault
+
+
+def test_restore_names_what_it_replaced_and_lost_and_never_an_identifier(  # type: ignore[no-untyped-def]
+    cli, cmohub_home: Path, tmp_path: Path
+) -> None:
+    cli("vault", "init", "--privacy-officer", "alice")
+    cli("vault", "tokenize", "--system", SYSTEM, "--event", "ENR-1", stdin=f"{CANARY}\n")
+    backup = tmp_path / "vault-backup.sqlite"
+    assert cli("vault", "backup", str(backup)).code == 0
+    later = cli("vault", "tokenize", "--system", SYSTEM, "--event", "ENR-2", stdin=f"{CANARY}\n")
+    witness = tmp_path / "checkpoint.json"
+    witness.write_text(cli("vault", "audit", "checkpoint").out)
+    lost_file = tmp_path / "lost.csv"
+
+    refused = cli("vault", "restore", str(backup))
+    assert (
+        refused.code == 1 and "VAULT_RESTORE_EXISTS" in refused.err and "--replace" in refused.err
+    )
+    restored = cli("vault", "restore", str(backup), "--replace", "--witness", str(witness),
+                   "--lost-cois", str(lost_file), "--actor", "bob")  # fmt: skip
+
+    assert restored.code == 0, restored.err
+    assert restored.out.startswith(f"vault restored: {cmohub_home / 'vault.sqlite'}\n")
+    assert "audit log intact (3 events)" in restored.out
+    assert "the backup lacks 1 events a witness checkpoint signs" in restored.out
+    assert f"moved aside to {cmohub_home / 'vault.sqlite.replaced-'}" in restored.out
+    assert "audit log has 1 events after the backup's (tokenize 1)" in restored.out
+    assert "1 COIs the replaced vault held are not in the backup" in restored.out
+    assert f"{later.out.strip()} (active)" in restored.out
+    assert lost_file.read_text() == f"coi,status\n{later.out.strip()},active\n"
+    assert stat.S_IMODE(lost_file.stat().st_mode) == 0o600
+    assert cli("vault", "audit", "verify").code == 0
+    report = cli("vault", "audit", "report", "--since", "2000-01-01")
+    assert any(line.startswith("restore,") and ",bob," in line and backup.name in line
+               for line in report.out.splitlines())  # fmt: skip
+    status = cli("vault", "status")
+    (line,) = [line for line in status.out.splitlines() if line.startswith("backups ")]
+    assert f"({backup.name}); restored 20" in line and line.endswith(f"from {backup.name}")
+    again = cli("vault", "restore", str(backup), "--replace", "--lost-cois", str(lost_file))
+    assert again.code == 2 and "--lost-cois" in again.err  # never replaces that file either
+    assert all(CANARY not in r.out + r.err for r in cli.outputs)

@@ -25,7 +25,8 @@ from cmohub.sensitive import Sensitive
 from cmohub.settings import load_settings
 
 if TYPE_CHECKING:
-    from cmohub.vault import Vault
+    from cmohub.vault import Checkpoint, Vault
+    from cmohub.vault.results import CopyCheck
 
 app = typer.Typer(
     help="The keyed mapping vault: tokenize, reveal, rotate keys, audit.", no_args_is_help=True
@@ -284,19 +285,134 @@ def backup(
     """
     with _open() as vault:
         result = vault.backup(path, actor=_actor(actor))
-    keys = ", ".join(f"{name} v{version}" for name, version in result.key_versions.items())
+    checked = result.checked
+    keys = ", ".join(f"{name} v{version}" for name, version in checked.key_versions.items())
     typer.echo(f"backup written: {result.path} ({result.size:,} bytes)")
     typer.echo(f"  sha256   {result.sha256}")
-    typer.echo(
-        f"  checked  audit log intact ({result.audit_events} events; checkpoint of "
-        f"{result.checkpoint.size} made for it); {result.data_keys} data keys unwrap; "
-        f"{result.cois_active} active COIs, {result.cois_withdrawn} withdrawn"
-    )
+    typer.echo(_checked_line(checked, f"checkpoint of {result.checkpoint.size} made for it"))
     typer.echo(
         f"  keys     not in the backup: it needs {keys}. Keep a copy of the key files apart "
         "from it; without the index key no identifier is found again, without the KEK none "
         "is revealed"
     )
+
+
+def _read_witnesses(paths: list[Path]) -> list[Checkpoint]:
+    """Checkpoint JSON files kept outside the vault (ValueError / CryptoError if malformed)."""
+    from cmohub.vault import Checkpoint
+
+    return [Checkpoint.from_dict(json.loads(p.read_text(encoding="utf-8"))) for p in paths]
+
+
+def _when_what(event: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if event is None else {"at": event[0], "file": event[1]}
+
+
+def _checked_line(checked: CopyCheck, note: str = "") -> str:
+    return (
+        f"  checked  audit log intact ({checked.audit_events} events{'; ' + note if note else ''});"
+        f" {checked.data_keys} data keys unwrap; {checked.cois_active} active COIs, "
+        f"{checked.cois_withdrawn} withdrawn"
+    )
+
+
+@app.command("restore")
+def restore(
+    path: Annotated[Path, typer.Argument(help="The backup file (read only, never changed).")],
+    replace: bool = typer.Option(
+        False, "--replace", help="Move the vault that is there aside (it is kept) and restore."
+    ),
+    witness: list[Path] = typer.Option(  # noqa: B008 - typer's declaration style
+        [],
+        "--witness",
+        help="A checkpoint JSON kept outside the vault (e.g. from the latest published "
+        "manifest): how many events the backup lacks, or that it matches.",
+        exists=True,
+        dir_okay=False,
+    ),
+    lost_cois: Annotated[
+        Path | None,
+        typer.Option("--lost-cois", help="Write every COI the backup lacks here (CSV)."),
+    ] = None,
+    actor: str | None = ACTOR_OPTION,
+) -> None:
+    """Restore the vault database from a backup, checked with the vault's keys first.
+
+    Example:  cmohub vault restore /backups/vault-2026-11-26.sqlite --replace
+
+    Stop the DAGs first (a vault open in another process is refused). The vault that is
+    there is moved aside to vault.sqlite.replaced-<time>, never deleted; the COIs it holds
+    that the backup lacks are listed: their subjects' link is gone (a subject that arrives
+    again gets a new COI). Recorded in the restored audit log. SQLite only.
+    """
+    from cmohub.vault import Vault, key_provider_for
+
+    if lost_cois is not None and (lost_cois.exists() or lost_cois.is_symlink()):
+        raise typer.BadParameter("the file exists (it is never replaced)", param_hint="--lost-cois")
+    try:
+        witnesses = _read_witnesses(witness)
+    except ValueError as error:
+        raise typer.BadParameter(
+            f"not a checkpoint JSON ({error})", param_hint="--witness"
+        ) from None
+    settings = load_settings()
+    who = _actor(actor)
+    result = Vault.restore(
+        path,
+        settings.vault_database_url,
+        key_provider_for(settings),
+        actor=who,
+        replace=replace,
+        witnesses=witnesses,
+        fin=settings.vault_fin,
+    )
+    typer.echo(f"vault restored: {result.path}")
+    typer.echo(f"  from     {result.backup} (sha256 {result.backup_sha256}, unchanged)")
+    typer.echo(_checked_line(result.checked))
+    typer.echo(f"  recorded restore event {result.checkpoint.size}, with a checkpoint covering it")
+    if result.witness_lacks is not None:
+        typer.echo(
+            f"  witness  the backup lacks {result.witness_lacks} events a witness checkpoint "
+            "signs: what happened after it is not in this vault"
+        )
+    elif witnesses:
+        typer.echo("  witness  the backup matches every witness checkpoint")
+    if result.replaced is None:
+        return
+    typer.echo(f"  replaced moved aside to {result.replaced} (kept: evidence, remove it later)")
+    if result.lost_cois is None:
+        typer.echo(
+            f"  lost     unknown: the replaced vault could not be read "
+            f"({result.replaced_unreadable})"
+        )
+        return
+    after = result.replaced_events_after
+    if result.replaced_diverges:
+        typer.echo(
+            "  log      the replaced vault's audit log does not continue the backup's (an event "
+            "the backup holds differs there): keep the replaced file for the investigation"
+        )
+    elif after:
+        kinds = ", ".join(f"{event} {count}" for event, count in after.items())
+        typer.echo(
+            f"  log      the replaced vault's audit log has {sum(after.values())} events after "
+            f"the backup's ({kinds}): they are in the replaced file only"
+        )
+    lost = result.lost_cois
+    typer.echo(
+        f"  lost     {len(lost)} COIs the replaced vault held are not in the backup"
+        + (": their subjects' link is gone (see README, restoring a backup)" if lost else "")
+    )
+    for coi, state in lost[:_LOST_SHOWN]:
+        typer.echo(f"           {coi} ({state})")
+    if len(lost) > _LOST_SHOWN:
+        typer.echo(f"           ... and {len(lost) - _LOST_SHOWN} more (--lost-cois FILE)")
+    if lost_cois is not None:
+        _write_private(lost_cois, "coi,status\n" + "".join(f"{c},{s}\n" for c, s in lost))
+        typer.echo(f"           all {len(lost)} written to {lost_cois}")
+
+
+_LOST_SHOWN = 20
 
 
 @app.command("status")
@@ -325,6 +441,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             "aliases": s.aliases,
             "audit_events": s.audit_events,
             "last_checkpoint": checkpoint,
+            "last_backup": _when_what(s.last_backup),
+            "last_restore": _when_what(s.last_restore),
         }
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -341,6 +459,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         f"rows       by index version {s.rows_by_index_version}; "
         f"data keys by KEK version {s.data_keys_by_kek_version}"
     )
+    if s.last_backup is not None or s.last_restore is not None:
+        backup = f"last {s.last_backup[0]} ({s.last_backup[1]})" if s.last_backup else "none"
+        restore = (
+            f"; restored {s.last_restore[0]} from {s.last_restore[1]}" if s.last_restore else ""
+        )
+        typer.echo(f"backups    {backup}{restore}")
+    elif s.database.startswith("sqlite"):
+        typer.echo("backups    none recorded (cmohub vault backup, or the vault_maintenance DAG)")
     if s.last_checkpoint is None:
         typer.echo(f"audit      {s.audit_events} events; no checkpoint yet")
     else:
@@ -370,12 +496,9 @@ def audit_verify(
 
     Example:  cmohub vault audit verify --witness manifest-checkpoint.json
     """
-    from cmohub.vault import Checkpoint
 
     try:
-        witnesses = [
-            Checkpoint.from_dict(json.loads(p.read_text(encoding="utf-8"))) for p in witness
-        ]
+        witnesses = _read_witnesses(witness)
         with _open() as vault:
             result = vault.verify_audit(witnesses=witnesses)
     except (ConfigError, StoreUnavailable, VaultError, OSError, ValueError) as error:

@@ -24,6 +24,10 @@ Operations (:class:`Vault`)
 ``latest_checkpoint``           the newest signed checkpoint (publish embeds it)
 ``verify_audit``                check the log against its checkpoints (and witnesses)
 ``audit_records``               audit events of a period (recorded as an ``export``)
+``backup``                      a consistent, checked copy of an SQLite vault (``export``)
+``Vault.restore``               an SQLite vault back from a backup, checked with the keys
+                                first; the vault replaced is kept and the COIs it held that
+                                the backup lacks are named (a ``restore`` event)
 ``status``                      key versions, counts, last checkpoint
 =============================== ==============================================================
 
@@ -83,6 +87,15 @@ VAULT_BACKUP_EXISTS             VaultError                   backup file name ta
 VAULT_BACKUP_FAILED             VaultError                   backup not written or its check
                                                              failed (nothing left behind)
 VAULT_BACKUP_UNSUPPORTED        ConfigError                  PostgreSQL: use its own tools
+VAULT_RESTORE_EXISTS            VaultError                   a vault is there (no replace)
+VAULT_RESTORE_IN_USE            VaultError                   the vault to replace is open in
+                                                             another process: stop the DAGs
+VAULT_RESTORE_MISMATCH          VaultError                   backup (or witness) of another
+                                                             vault than the one there
+VAULT_RESTORE_FAILED            VaultError                   backup unreadable, not a vault,
+                                                             its log does not verify, or the
+                                                             copy failed (nothing changed)
+VAULT_RESTORE_UNSUPPORTED       ConfigError                  PostgreSQL: use its own tools
 =============================== ============================ ===============================
 
 Semantics worth knowing

@@ -63,6 +63,7 @@ EVENT_TYPES = (
     "withdraw",
     "rotate",
     "export",
+    "restore",
 )
 
 AUDIT_COLUMNS = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import os
 import secrets
 import struct
@@ -15,7 +16,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -58,11 +59,13 @@ from cmohub.vault.normalize import (
 from cmohub.vault.results import (
     AuditRecord,
     BackupResult,
+    CopyCheck,
     EnrollmentAssignment,
     EnrollResult,
     InitResult,
     LinkageMismatch,
     MergeResult,
+    RestoreResult,
     RevealedIdentity,
     RotationResult,
     TokenizeResult,
@@ -2102,55 +2105,195 @@ class Vault:
         finally:
             raw.close()
         try:
-            status, data_keys = self._check_backup(partial, made)
+            checked = self._check_backup(partial, made)
             sha256 = backup.finish(partial)
             size = partial.stat().st_size
             backup.place(partial, target)
         except BaseException:
             backup.discard(partial)
             raise
-        log.info("vault backed up (%d audit events, checkpoint %d)", status.audit_events, made.size)
+        log.info(
+            "vault backed up (%d audit events, checkpoint %d)", checked.audit_events, made.size
+        )
         return BackupResult(
-            path=str(target),
-            size=size,
-            sha256=sha256,
-            audit_events=status.audit_events,
-            checkpoint=made,
-            cois_active=status.cois_active,
-            cois_withdrawn=status.cois_withdrawn,
-            data_keys=data_keys,
-            key_versions={
-                "index": status.index_version,
-                "kek": status.kek_version,
-                "audit": status.audit_version,
-            },
+            path=str(target), size=size, sha256=sha256, checkpoint=made, checked=checked
         )
 
-    def _check_backup(self, partial: Path, made: Checkpoint) -> tuple[VaultStatus, int]:
-        """The copy's status and how many data keys it holds, once its audit log verifies
-        against ``made`` (so it holds at least the events ``made`` signs) and every data key
-        and the active index key are there for it."""
+    def _check_backup(self, partial: Path, made: Checkpoint) -> CopyCheck:
+        """:meth:`_check_copy` of the copy at ``partial``, its audit log verified against
+        ``made`` too (so it holds at least the events ``made`` signs)."""
         copy = Vault(f"sqlite:///{partial}", self._keys.provider, fin=self._fin)
         try:
-            copy.check_schema()
-            verification = copy.verify_audit(witnesses=[made])
-            if not verification.intact:
-                raise VaultError(
-                    f"the copy's audit log does not verify: {verification.reason}",
-                    code="VAULT_BACKUP_FAILED",
-                )
-            status = copy.status()
-
-            def unwrap_all(connection: Connection) -> int:
-                rows = connection.exec_driver_sql("SELECT id FROM vault_data_key")
-                ids = [row[0] for row in rows]
-                return len(copy._opening_keys(connection, ids))  # CryptoError if one does not
-
-            data_keys: int = copy._tx(unwrap_all, readonly=True)
-            copy._keys.index(status.index_version)  # ConfigError if the key is missing
+            return copy._check_copy([made], code="VAULT_BACKUP_FAILED")
         finally:
             copy.close()
-        return status, data_keys
+
+    def _check_copy(self, witnesses: Sequence[Checkpoint], *, code: str) -> CopyCheck:
+        """This vault (a copy being made or restored), once its schema is current, its audit
+        log verifies (against ``witnesses`` too), every data key unwraps and the active index
+        key is there; ``code`` otherwise (or VAULT_KEY_MISSING / the CryptoError of the key
+        that is missing or fails)."""
+        try:
+            self.check_schema()
+        except VaultError as error:
+            raise VaultError(f"the copy is not usable: {error.message}", code=code) from None
+        verification = self.verify_audit(witnesses=witnesses)
+        if verification.status is AuditStatus.UNVERIFIABLE:
+            raise ConfigError(
+                f"the copy's audit log cannot be checked: {verification.reason} (the keys are "
+                "not in a backup: put the key files, or the secrets, in place first)",
+                code="VAULT_KEY_MISSING",
+            )
+        if not verification.intact:
+            raise VaultError(
+                f"the copy's audit log does not verify: {verification.reason}", code=code
+            )
+        status = self.status()
+
+        def unwrap_all(connection: Connection) -> int:
+            rows = connection.exec_driver_sql("SELECT id FROM vault_data_key")
+            return len(self._opening_keys(connection, [row[0] for row in rows]))
+
+        data_keys: int = self._tx(unwrap_all, readonly=True)  # CryptoError if one does not
+        self._keys.index(status.index_version)  # ConfigError if the key is missing
+        return CopyCheck.of(status, data_keys)
+
+    # --- restore -----------------------------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        backup_file: str | os.PathLike[str],
+        database: str,
+        keys: KeyProvider,
+        *,
+        actor: Actor,
+        replace: bool = False,
+        witnesses: Sequence[Checkpoint] = (),
+        fin: str = DEFAULT_FIN,
+        clock: Clock = utc_now,
+    ) -> RestoreResult:
+        """Make the SQLite vault at ``database`` the content of ``backup_file``, checked.
+
+        The backup is copied (read-only: the file is never changed) next to the vault file
+        and opened with ``keys``: its audit log must verify (and match each witness
+        checkpoint it is long enough for), every data key unwrap, the index key be there.
+        A vault already there is refused (VAULT_RESTORE_EXISTS) unless ``replace``; then it
+        must not be open in any process (VAULT_RESTORE_IN_USE), must be the same vault if it
+        can be read (VAULT_RESTORE_MISMATCH), and is moved aside, never deleted; the COIs it
+        holds that the backup lacks are returned (their subjects' link is gone). The copy
+        records a ``restore`` event and a checkpoint covering it, then takes the vault's name.
+        Nothing changes when a check fails. PostgreSQL: VAULT_RESTORE_UNSUPPORTED.
+        """
+        from cmohub.vault import backup as files  # noqa: PLC0415 - only restores need it
+
+        target = files.vault_file(database)
+        source = Path(os.path.abspath(backup_file))
+        sha256 = files.read_backup(source)
+        present = files.occupied(target)
+        if present and not replace:
+            raise VaultError(
+                "a vault is there already: restoring replaces it only when asked to "
+                "(--replace moves it aside, it is kept)",
+                code="VAULT_RESTORE_EXISTS",
+                where=str(target),
+            )
+        made_folder = not target.parent.exists()
+        try:  # a new machine: its CMOHUB_HOME may hold nothing but the keys yet
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise VaultError(
+                f"the vault's folder cannot be made ({type(error).__name__})",
+                code="VAULT_RESTORE_FAILED",
+                where=str(target.parent),
+            ) from None
+        partial = files.partial_path(target)
+        files.copy_backup(source, partial)
+        aside: Path | None = None
+        moved = False
+        try:
+            copy = cls(f"sqlite:///{partial}", keys, fin=fin, clock=clock)
+            try:
+                checked, lacks = copy._check_restored(witnesses)
+                current = files.identity_of(target) if present else None
+                if current not in (None, checked.vault_id):
+                    raise VaultError(
+                        f"the backup is of vault {checked.vault_id}, the vault there is "
+                        f"{current}: move that one away by hand if it is to go",
+                        code="VAULT_RESTORE_MISMATCH",
+                        where=str(target),
+                    )
+                # From here on the vault there is changed (its journal mode) only as a restore
+                # would; nothing else happens to it until it is moved aside.
+                replaced = files.take_over(target, partial) if present else None
+                stamp = clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+                details: dict[str, Any] = {"file": source.name, "sha256": sha256}
+                details["events"] = checked.audit_events
+                if replaced is not None:
+                    aside = files.aside_path(target, stamp)
+                    details["replaced"] = aside.name
+                    if replaced.lost is not None:
+                        details["lost_cois"] = len(replaced.lost)
+                        after = replaced.events_after
+                        details["replaced_events_after"] = "diverges" if after is None else after
+                if lacks is not None:
+                    details["witness_lacks"] = lacks
+                copy._audit_alone(
+                    [copy._event("restore", actor, purpose="restore from backup", **details)]
+                )
+                made = copy.checkpoint()
+            finally:
+                copy.close()
+            files.finish(partial, kind="RESTORE")
+            if aside is not None:
+                files.move_aside(target, aside)
+                moved = True
+            else:
+                files.discard(target)  # the empty file opening a missing vault leaves
+            files.place(partial, target, kind="RESTORE")
+        except BaseException:
+            files.discard(partial)
+            if aside is not None and moved and not target.exists():
+                files.move_back(aside, target)
+            if made_folder:
+                with suppress(OSError):
+                    target.parent.rmdir()  # only if still empty
+            raise
+        log.info("vault restored from a backup (%d audit events)", checked.audit_events)
+        return RestoreResult(
+            path=str(target),
+            backup=str(source),
+            backup_sha256=sha256,
+            checkpoint=made,
+            checked=checked,
+            replaced=str(aside) if aside is not None else None,
+            lost_cois=replaced.lost if replaced is not None else None,
+            replaced_unreadable=replaced.unreadable if replaced is not None else "",
+            replaced_events_after=replaced.events_after if replaced is not None else None,
+            witness_lacks=lacks,
+        )
+
+    def _check_restored(self, witnesses: Sequence[Checkpoint]) -> tuple[CopyCheck, int | None]:
+        """:meth:`_check_copy` of a backup being restored, against the witnesses it is long
+        enough for; and how many events the longest other witness signs beyond it."""
+        checked = self._check_copy((), code="VAULT_RESTORE_FAILED")
+        if any(w.vault_id != checked.vault_id for w in witnesses):
+            raise VaultError(
+                f"a witness checkpoint belongs to another vault than the backup "
+                f"({checked.vault_id})",
+                code="VAULT_RESTORE_MISMATCH",
+            )
+        events = checked.audit_events
+        covered = [w for w in witnesses if w.size <= events]
+        if covered:
+            verification = self.verify_audit(witnesses=covered)
+            if not verification.intact:
+                raise VaultError(
+                    f"the backup does not match a witness checkpoint: {verification.reason}",
+                    code="VAULT_RESTORE_FAILED",
+                )
+        beyond = [w.size - events for w in witnesses if w.size > events]
+        return checked, max(beyond) if beyond else None
 
     # --- status ------------------------------------------------------------------------------
 
@@ -2181,6 +2324,8 @@ class Vault:
             aliases = connection.exec_driver_sql("SELECT COUNT(*) FROM vault_alias").scalar_one()
             events = connection.exec_driver_sql("SELECT COUNT(*) FROM vault_audit").scalar_one()
             checkpoints = self._checkpoints(connection, active.vault_id)
+            last_backup = self._last_event(connection, "export", "database backup")
+            last_restore = self._last_event(connection, "restore", "restore from backup")
             revision = connection.exec_driver_sql(
                 "SELECT version_num FROM vault_alembic_version"
             ).scalar_one()
@@ -2201,10 +2346,31 @@ class Vault:
                 aliases=int(aliases),
                 audit_events=int(events),
                 last_checkpoint=checkpoints[-1] if checkpoints else None,
+                last_backup=last_backup,
+                last_restore=last_restore,
             )
 
         result: VaultStatus = self._tx(work, readonly=True)
         return result
+
+    def _last_event(
+        self, connection: Connection, event: str, purpose: str
+    ) -> tuple[str, str] | None:
+        """(time, file) of the newest ``event`` with ``purpose`` (backups and restores)."""
+        row = self._store.execute(
+            connection,
+            "SELECT at, details FROM vault_audit WHERE event = ? AND purpose = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (event, purpose),
+        ).first()
+        if row is None:
+            return None
+        try:
+            details = json.loads(row[1])
+        except ValueError:
+            details = {}
+        name = details.get("file") if isinstance(details, dict) else None
+        return str(row[0]), str(name or "")
 
 
 def _alias_payload(retired_system: str, retired_value: str, system: str, value: str) -> bytes:

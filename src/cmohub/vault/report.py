@@ -10,7 +10,8 @@ data: it contains COIs, actors, purposes and tickets, and no identifier value. S
 ``merge``      identity merges and refused merges
 ``enrollment`` enrollment imports and conflicts
 ``tokenize``   tokenizations per UTC day and feed (requests, new COIs, linkage mismatches)
-``export``     who read the audit log
+``export``     who read the audit log, and who backed the vault up
+``restore``    restores from a backup: which file, what it replaced, how many COIs it lost
 ============== ===================================================================
 
 CSV cells that a spreadsheet would run as a formula (starting with ``= + - @``) are prefixed
@@ -59,6 +60,7 @@ _SECTIONS = {
     "merge": "merge",
     "enroll": "enrollment",
     "export": "export",
+    "restore": "restore",
 }
 SECTION_TITLES = {
     "access": "Re-identification: every reveal and every refusal",
@@ -67,7 +69,8 @@ SECTION_TITLES = {
     "merge": "Identity merges",
     "enrollment": "Enrollment imports",
     "tokenize": "Tokenizations per day and feed",
-    "export": "Audit log exports",
+    "export": "Audit log exports and backups",
+    "restore": "Restores from a backup",
 }
 
 
@@ -214,6 +217,7 @@ _HTML_COLUMNS = {
     "enrollment": ["seq", "time", "actor", "feed", "coi", "outcome", "code", "details"],
     "tokenize": ["day", "feed", "requests", "new", "details"],
     "export": ["seq", "time", "actor", "role", "details"],
+    "restore": ["seq", "time", "actor", "role", "details"],
 }
 
 

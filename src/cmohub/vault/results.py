@@ -105,6 +105,9 @@ class VaultStatus:
     aliases: int
     audit_events: int
     last_checkpoint: Checkpoint | None
+    # The newest backup and restore the audit log records: (UTC time, file name).
+    last_backup: tuple[str, str] | None = None
+    last_restore: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +128,65 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyCheck:
+    """What opening a copy of the vault (a backup, or one being restored) with the vault's
+    keys found: all of it verified."""
+
+    vault_id: str
+    audit_events: int  # the audit log verifies, every event
+    cois_active: int
+    cois_withdrawn: int
+    data_keys: int  # each unwrapped with the KEK version it names
+    key_versions: dict[str, int]  # the active version of each key the copy needs
+
+    @classmethod
+    def of(cls, status: VaultStatus, data_keys: int) -> CopyCheck:
+        return cls(
+            vault_id=status.vault_id,
+            audit_events=status.audit_events,
+            cois_active=status.cois_active,
+            cois_withdrawn=status.cois_withdrawn,
+            data_keys=data_keys,
+            key_versions={
+                "index": status.index_version,
+                "kek": status.kek_version,
+                "audit": status.audit_version,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BackupResult:
     """A backup written by :meth:`cmohub.vault.Vault.backup`, and what its check found."""
 
     path: str
     size: int  # bytes
     sha256: str
-    audit_events: int  # all verified, the last checkpoint covering every one of them
-    checkpoint: Checkpoint
-    cois_active: int
-    cois_withdrawn: int
-    data_keys: int  # each unwrapped with the KEK version it names
-    key_versions: dict[str, int]  # the active version of each key the backup needs
+    checkpoint: Checkpoint  # made for it: the backup holds every event it covers
+    checked: CopyCheck
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """A vault restored from a backup by :meth:`cmohub.vault.Vault.restore`."""
+
+    path: str  # the vault file now holding the backup's content
+    backup: str
+    backup_sha256: str  # of the backup file (unchanged by the restore)
+    checkpoint: Checkpoint  # signed after the restore event, covering it
+    checked: CopyCheck  # the backup as found (the restore event comes after its events)
+    replaced: str | None  # where the vault that was there was moved (kept), if one was
+    # COIs the replaced vault held that the backup lacks, with their status: their subjects'
+    # link is gone. None when no vault was replaced or it could not be read.
+    lost_cois: tuple[tuple[str, str], ...] | None
+    replaced_unreadable: str  # why the replaced vault could not be read ("" if it could)
+    # The replaced vault's audit events after the backup's, by type (kept in the replaced
+    # file only); None if none was replaced, it could not be read, or its log does not
+    # continue the backup's (``replaced_diverges``).
+    replaced_events_after: dict[str, int] | None
+    witness_lacks: int | None  # events the newest witness checkpoint signs beyond the backup
+
+    @property
+    def replaced_diverges(self) -> bool:
+        """The replaced vault was read, and its audit log does not continue the backup's."""
+        return self.lost_cois is not None and self.replaced_events_after is None

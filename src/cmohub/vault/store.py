@@ -61,7 +61,7 @@ from psycopg import pq
 from psycopg.adapt import Dumper
 from psycopg.types.string import BytesBinaryDumper
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from cmohub.errors import ConfigError, StoreUnavailable, VaultError
@@ -126,17 +126,29 @@ def _sqlite_file(database: str) -> None:
         os.close(fd)
 
 
-def create_vault_engine(url: str) -> Engine:
-    """An engine for a vault URL: ``sqlite:///path``, ``sqlite://`` (memory), ``postgresql://``."""
+def parse_vault_url(url: str) -> URL:
+    """The parsed vault URL (VAULT_URL_UNSUPPORTED if it is not a database URL)."""
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except exc.ArgumentError:
         raise ConfigError(
             "the vault URL is not a valid database URL", code="VAULT_URL_UNSUPPORTED"
         ) from None
+
+
+def sqlite_database(parsed: URL) -> str | None:
+    """The file of an SQLite vault URL; None for an in-memory one or another database."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return str(parsed.database)
+
+
+def create_vault_engine(url: str) -> Engine:
+    """An engine for a vault URL: ``sqlite:///path``, ``sqlite://`` (memory), ``postgresql://``."""
+    parsed = parse_vault_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        memory = parsed.database in (None, "", ":memory:")
+        memory = sqlite_database(parsed) is None
         if memory:
             engine = create_engine(
                 "sqlite://",
