@@ -7,21 +7,30 @@ file; a failed backup leaves nothing behind; and the audit log says who took it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
+import tempfile
 import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
-from cmohub.errors import CryptoError, VaultError
+from cmohub.errors import ConfigError, CryptoError, VaultError
 from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
 from cmohub.pipelines import vault_maintenance
 from cmohub.pipelines.context import RunContext
 from cmohub.sensitive import Sensitive
 from cmohub.settings import load_settings
-from cmohub.vault import AuditStatus, MemoryKeyProvider, Roles, Vault, open_vault
+from cmohub.vault import (
+    AuditStatus,
+    FileKeyProvider,
+    MemoryKeyProvider,
+    Roles,
+    Vault,
+    open_vault,
+)
 
 SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
@@ -69,8 +78,12 @@ def test_the_backup_answers_every_lookup_and_reveal_as_the_vault_did(
     assert result.path == str(target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # one file, no WAL
-    assert (result.cois_active, result.cois_withdrawn, result.data_keys) == (299, 1, 1)
-    assert result.key_versions == {"index": 2, "kek": 1, "audit": 1}
+    assert (
+        result.checked.cois_active,
+        result.checked.cois_withdrawn,
+        result.checked.data_keys,
+    ) == (299, 1, 1)
+    assert result.checked.key_versions == {"index": 2, "kek": 1, "audit": 1}
     assert result.size == target.stat().st_size
     with sqlite3.connect(target) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
@@ -90,7 +103,7 @@ def test_the_backup_answers_every_lookup_and_reveal_as_the_vault_did(
     (export,) = [r for r in records if r.event == "export" and r.purpose == "database backup"]
     assert (export.actor, export.role) == ("bob", "data_engineer")
     assert target.name in export.details
-    assert result.checkpoint.size == result.audit_events == export.seq  # it is the last one
+    assert result.checkpoint.size == result.checked.audit_events == export.seq  # it is the last one
 
 
 def test_a_backup_taken_while_a_pipeline_writes_is_consistent(
@@ -122,7 +135,7 @@ def test_a_backup_taken_while_a_pipeline_writes_is_consistent(
             assert copy.verify_audit().status is AuditStatus.INTACT
             status = copy.status()
             # Whole batches only: 100, then 50 at a time.
-            assert status.cois_active == result.cois_active
+            assert status.cois_active == result.checked.cois_active
             assert (status.cois_active - 100) % 50 == 0
         finally:
             copy.close()
@@ -221,3 +234,49 @@ def test_the_daily_backup_goes_where_it_is_told_or_nowhere(home: Path, tmp_path:
     off = maintenance(home, 2, vault_backup_keep=0)
     assert off["backup"] is None and "CMOHUB_VAULT_BACKUP_KEEP" in str(off["reason"])
     assert not (home / "backups").exists()
+
+
+def test_the_daily_backup_warns_when_it_shares_the_vaults_disk(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="cmohub.pipelines.vault_maintenance"):
+        default = maintenance(home, 1)
+    assert default["same_disk"] is True
+    assert "CMOHUB_VAULT_BACKUP_DIR" in caplog.text and "same file system" in caplog.text
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != home.stat().st_dev:
+        with tempfile.TemporaryDirectory(dir=shm) as other:  # another file system
+            caplog.clear()
+            apart = maintenance(home, 2, vault_backup_dir=Path(other))
+            assert apart["same_disk"] is False and "same file system" not in caplog.text
+
+
+def test_the_daily_backup_names_kept_backups_a_deleted_key_makes_unrestorable(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert maintenance(home, 1)["unrestorable"] == {}
+    vault = open_vault(load_settings(home=home))
+    vault.rotate_kek(actor=SERVICE)
+    vault.close()
+    assert maintenance(home, 2)["unrestorable"] == {}
+    (home / "keys" / "kek.v1.key").unlink()  # "the rotation is done: v1 can go"
+    (home / "backups" / "vault-2026-02-28.sqlite").write_bytes(b"damaged")
+
+    with caplog.at_level("WARNING", logger="cmohub.pipelines.vault_maintenance"):
+        result = maintenance(home, 3)
+
+    unrestorable = result["unrestorable"]
+    assert isinstance(unrestorable, dict)
+    assert unrestorable["vault-2026-03-01.sqlite"] == ["kek v1"]
+    assert unrestorable["vault-2026-02-28.sqlite"][0].startswith("unreadable")
+    assert sorted(unrestorable) == ["vault-2026-02-28.sqlite", "vault-2026-03-01.sqlite"]
+    assert "vault-2026-03-01.sqlite cannot be restored" in caplog.text and "kek v1" in caplog.text
+    with pytest.raises(ConfigError) as restore:  # what the warning spares someone
+        Vault.restore(
+            home / "backups" / "vault-2026-03-01.sqlite",
+            load_settings(home=home).vault_database_url,
+            FileKeyProvider(home / "keys"),
+            actor=ENGINEER,
+            replace=True,
+        )
+    assert restore.value.code == "VAULT_KEY_MISSING"

@@ -4,21 +4,29 @@ Run daily by the ``vault_maintenance`` DAG. An audit log that does not verify st
 (Terminal: a person must look; nothing is checkpointed over a tampered log). An SQLite vault
 is then backed up (:meth:`cmohub.vault.Vault.backup`) to ``vault-<day>.sqlite`` in
 ``CMOHUB_VAULT_BACKUP_DIR`` (default ``<home>/backups``), keeping the newest
-``CMOHUB_VAULT_BACKUP_KEEP`` (default 14; 0: no backups). Index and KEK rotation run on the
+``CMOHUB_VAULT_BACKUP_KEEP`` (default 14; 0: no backups); a backup folder on the same
+file system as the vault is reported (``same_disk``, and a warning in the task log): one disk
+fault would take both; so is every kept backup that needs a key version the key provider no
+longer holds (``unrestorable``: a key deleted after a rotation). Index and KEK rotation run on the
 first day of each quarter (or when asked), after the backup, re-indexing and re-wrapping
 inside the vault; no COI changes. Results are small dicts for XCom — never identifiers.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from cmohub.errors import VaultError
 from cmohub.pipelines.context import RunContext
-from cmohub.vault import open_vault
+from cmohub.vault import KeyProvider, KeyPurpose, key_provider_for, open_vault
+from cmohub.vault.backup import needed_keys, vault_file
 from cmohub.vault.store import Backend
+
+log = logging.getLogger(__name__)
 
 #: The daily backups' names: the only files this task ever removes.
 BACKUP_NAME = re.compile(r"vault-\d{4}-\d{2}-\d{2}\.sqlite")
@@ -70,12 +78,64 @@ def back_up(context: RunContext) -> dict[str, Any]:
     finally:
         vault.close()
     removed = _prune(folder, keep)
-    return {"backup": str(target), "already": already, "removed": removed}
+    unrestorable = _unrestorable(folder, key_provider_for(context.settings))
+    same_disk = _same_disk(folder, vault_file(context.settings.vault_database_url))
+    if same_disk:
+        log.warning(
+            "vault backups are on the same file system as the vault (%s): one disk fault loses "
+            "both; set CMOHUB_VAULT_BACKUP_DIR to another disk",
+            folder,
+        )
+    return {
+        "backup": str(target),
+        "already": already,
+        "removed": removed,
+        "same_disk": same_disk,
+        "unrestorable": unrestorable,
+    }
+
+
+def _unrestorable(folder: Path, provider: KeyProvider) -> dict[str, list[str]]:
+    """Kept backups that need a key version the provider no longer holds (``kek v1``...): a
+    key removed after a rotation. Each is warned about: it cannot be restored until that
+    key is back."""
+    held = {purpose.value: set(provider.versions(purpose)) for purpose in KeyPurpose}
+    found: dict[str, list[str]] = {}
+    for path in sorted(_backups(folder)):
+        try:
+            needs = needed_keys(path)
+        except VaultError as error:
+            missing = [f"unreadable: {error.message}"]
+        else:
+            missing = [
+                f"{purpose} v{version}"
+                for purpose, versions in needs.items()
+                for version in sorted(versions - held[purpose])
+            ]
+        if missing:
+            found[path.name] = missing
+            log.warning(
+                "vault backup %s cannot be restored with the keys there now: it needs %s "
+                "(keep a key version as long as a backup needs it)",
+                path.name,
+                ", ".join(missing),
+            )
+    return found
+
+
+def _same_disk(folder: Path, vault_file: Path) -> bool:
+    try:
+        return os.stat(folder).st_dev == os.stat(vault_file).st_dev
+    except OSError:
+        return False
+
+
+def _backups(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name) and p.is_file()]
 
 
 def _prune(folder: Path, keep: int) -> list[str]:
-    backups = (p for p in folder.iterdir() if BACKUP_NAME.fullmatch(p.name) and p.is_file())
-    names = sorted(p.name for p in backups)
+    names = sorted(p.name for p in _backups(folder))
     old = names[: max(len(names) - keep, 0)]
     for name in old:
         (folder / name).unlink()
