@@ -17,10 +17,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from tests.conftest import need
+from tests.vault_support import OFFICER, SERVICE, SYSTEM
 
 from cmohub.errors import ConfigError, CryptoError, VaultError
 from cmohub.identifiers import Coi
-from cmohub.identity import Actor, CoiStatus, SubjectIdentity, TokenizeRequest
+from cmohub.identity import CoiStatus, SubjectIdentity, TokenizeRequest
 from cmohub.sensitive import Sensitive
 from cmohub.vault import (
     AuditStatus,
@@ -35,9 +36,6 @@ from cmohub.vault.schema import metadata
 pytestmark = pytest.mark.integration
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-OFFICER = Actor("alice", "privacy_officer")
 CONCURRENCY = Path(__file__).resolve().parents[1] / "unit" / "test_vault_concurrency.py"
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.vault_support import ENGINEER, OFFICER, SERVICE, SYSTEM
 
 from cmohub.errors import (
     AccessDenied,
@@ -33,11 +34,7 @@ from cmohub.identity import (
 from cmohub.sensitive import Sensitive
 from cmohub.vault import EnrollmentAssignment, KeyPurpose, MemoryKeyProvider, Roles, Vault
 
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 OTHER_SYSTEM = "urn:cmohub:sandbox:mrn:A9991"
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-OFFICER = Actor("alice", "privacy_officer")
-ENGINEER = Actor("bob", "data_engineer")
 ROLES = Roles({"alice": ["privacy_officer"], "bob": ["data_engineer"]})
 
 

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.vault_support import SERVICE
 
 from cmohub.errors import CryptoError, VaultError
-from cmohub.identity import Actor, SubjectIdentity
+from cmohub.identity import SubjectIdentity
 from cmohub.sensitive import Sensitive
 from cmohub.vault import (
     AuditStatus,
@@ -24,9 +25,6 @@ from cmohub.vault import (
     verify_checkpoint,
 )
 from cmohub.vault.audit import GENESIS, event_hash, merkle_root
-
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-OFFICER = Actor("alice", "privacy_officer")
 
 
 class Clock:

@@ -16,36 +16,24 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from tests.vault_support import ENGINEER, OFFICER, ROLES, SERVICE, canary_requests
 
 from cmohub.errors import ConfigError, CryptoError, VaultError
-from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
+from cmohub.identity import TokenizeRequest
 from cmohub.pipelines import vault_maintenance
 from cmohub.pipelines.context import RunContext
-from cmohub.sensitive import Sensitive
 from cmohub.settings import load_settings
 from cmohub.vault import (
     AuditStatus,
     FileKeyProvider,
     MemoryKeyProvider,
-    Roles,
     Vault,
     open_vault,
 )
 
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-ENGINEER = Actor("bob", "data_engineer")
-OFFICER = Actor("alice", "privacy_officer")
-ROLES = Roles({"alice": ["privacy_officer"]})
-
 
 def requests(start: int, count: int) -> list[TokenizeRequest]:
-    return [
-        TokenizeRequest(
-            SubjectIdentity(system=SYSTEM, value=Sensitive(f"CANARY-MRN-BKP-{i:05d}")), "E1"
-        )
-        for i in range(start, start + count)
-    ]
+    return canary_requests("BKP", start, count)
 
 
 @pytest.fixture

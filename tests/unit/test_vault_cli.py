@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.vault_support import SYSTEM
 
 from cmohub.identifiers import Coi, parse_coi
 
@@ -23,7 +24,6 @@ with warnings.catch_warnings():
     from cmohub.cli import main
 
 CANARY = "CANARY-MRN-CLI-0042"
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 
 
 @dataclass

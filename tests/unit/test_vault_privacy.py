@@ -16,18 +16,16 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from tests.vault_support import OFFICER, SERVICE, SYSTEM
 
 from cmohub.errors import HubError
 from cmohub.identifiers import Coi
-from cmohub.identity import Actor, Demographics, SubjectIdentity, TokenizeRequest
+from cmohub.identity import Demographics, SubjectIdentity, TokenizeRequest
 from cmohub.sensitive import Sensitive
 from cmohub.vault import EnrollmentAssignment, MemoryKeyProvider, Roles, Vault
 from cmohub.vault.report import build_report, render_csv, render_html
 
 CANARIES = ("CANARY-MRN-PRIV", "Canaryfam", "Canarygiv", "1931-02-03")
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-OFFICER = Actor("alice", "privacy_officer")
 
 
 def person(n: int, system: str = SYSTEM) -> SubjectIdentity:

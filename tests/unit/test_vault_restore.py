@@ -17,27 +17,16 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from tests.vault_support import ENGINEER, OFFICER, ROLES, SERVICE, canary_requests
 
 from cmohub.errors import ConfigError, VaultError
-from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
-from cmohub.sensitive import Sensitive
-from cmohub.vault import AuditStatus, MappingKeyProvider, MemoryKeyProvider, Roles, Vault
+from cmohub.identity import TokenizeRequest
+from cmohub.vault import AuditStatus, MappingKeyProvider, MemoryKeyProvider, Vault
 from cmohub.vault.keys import KeyPurpose
-
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
-SERVICE = Actor("pipeline:clinical_sync", "service", feed="fhir_clinical")
-ENGINEER = Actor("bob", "data_engineer")
-OFFICER = Actor("alice", "privacy_officer")
-ROLES = Roles({"alice": ["privacy_officer"]})
 
 
 def requests(start: int, count: int) -> list[TokenizeRequest]:
-    return [
-        TokenizeRequest(
-            SubjectIdentity(system=SYSTEM, value=Sensitive(f"CANARY-MRN-RST-{i:05d}")), "E1"
-        )
-        for i in range(start, start + count)
-    ]
+    return canary_requests("RST", start, count)
 
 
 def sha256(path: Path) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.vault_support import OFFICER, SYSTEM
 
 from cmohub.errors import ConfigError
 from cmohub.identity import Actor, SubjectIdentity, TokenizeRequest
 from cmohub.sensitive import Sensitive
 from cmohub.vault import KeyPurpose, MemoryKeyProvider, Roles, Vault
 
-SYSTEM = "urn:cmohub:sandbox:mrn:A9990"
 SERVICE = Actor("pipeline:vault_maintenance", "service")
-OFFICER = Actor("alice", "privacy_officer")
 
 
 def request(i: int) -> TokenizeRequest:
