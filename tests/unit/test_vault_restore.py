@@ -13,15 +13,18 @@ import base64
 import hashlib
 import sqlite3
 import stat
+import threading
+import time
 from datetime import date
 from pathlib import Path
 
 import pytest
 from tests.vault_support import ENGINEER, OFFICER, ROLES, SERVICE, canary_requests
 
-from cmohub.errors import ConfigError, VaultError
+from cmohub.errors import ConfigError, StoreUnavailable, TransientError, VaultError
 from cmohub.identity import TokenizeRequest
-from cmohub.vault import AuditStatus, MappingKeyProvider, MemoryKeyProvider, Vault
+from cmohub.vault import AuditStatus, MappingKeyProvider, MemoryKeyProvider, Vault, store
+from cmohub.vault import backup as backup_files
 from cmohub.vault.keys import KeyPurpose
 
 
@@ -321,3 +324,77 @@ def test_a_replaced_vault_whose_log_was_rewritten_is_called_out(
         records = vault.audit_records(since=date(2000, 1, 1), actor=OFFICER)
     (restore,) = [r for r in records if r.event == "restore"]
     assert '"replaced_events_after":"diverges"' in restore.details
+
+
+def test_a_pipeline_starting_during_a_restore_waits_and_then_uses_the_restored_vault(
+    keys: MemoryKeyProvider, url: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the in-use check and the restored file taking the vault's name, a DAG task that
+    # opened the vault would write into the file being moved aside: COIs the restored vault
+    # never learns. Its connection waits instead, then opens the restored vault.
+    backup = tmp_path / "backup.sqlite"
+    later = backed_up(url, keys, backup, after=3)
+    with sqlite3.connect(home / "vault.sqlite") as raw:
+        events_before = raw.execute("SELECT COUNT(*) FROM vault_audit").fetchone()[0]
+    raw.close()
+    connecting = threading.Event()
+    share = store.share_vault_file
+
+    def share_noting(path: str, *, wait_seconds: float) -> int:
+        connecting.set()
+        return share(path, wait_seconds=wait_seconds)
+
+    monkeypatch.setattr(store, "share_vault_file", share_noting)
+    found: list[object] = []
+
+    def pipeline() -> None:
+        with Vault(url, keys) as vault:
+            found.extend(vault.lookup_many(requests(200, 3), actor=SERVICE))
+
+    task = threading.Thread(target=pipeline)
+    take_over = backup_files.take_over
+
+    def take_over_while_a_pipeline_starts(target: Path, restored: Path) -> object:
+        replaced = take_over(target, restored)
+        task.start()
+        assert connecting.wait(30)
+        time.sleep(0.2)  # it is now waiting for the file (it cannot have opened it)
+        return replaced
+
+    monkeypatch.setattr(backup_files, "take_over", take_over_while_a_pipeline_starts)
+
+    result = Vault.restore(backup, url, keys, actor=ENGINEER, replace=True)
+    task.join(60)
+
+    assert found == [None, None, None]  # the restored vault: those COIs came after the backup
+    assert result.lost_cois is not None
+    assert sorted(coi for coi, _ in result.lost_cois) == later
+    assert result.replaced is not None
+    with sqlite3.connect(result.replaced) as aside:  # the vault moved aside got nothing new
+        assert aside.execute("SELECT COUNT(*) FROM vault_audit").fetchone()[0] == events_before
+    aside.close()
+    with Vault(url, keys) as vault:
+        events = [r.event for r in vault.audit_records(since=date(2000, 1, 1), actor=OFFICER)]
+    assert events[-2:] == ["restore", "lookup"]  # the pipeline's lookup came after the restore
+
+
+def test_a_connection_gives_up_on_a_restore_that_does_not_end_with_a_transient_error(
+    keys: MemoryKeyProvider, url: str, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backed_up(url, keys, tmp_path / "backup.sqlite")
+    monkeypatch.setattr(store, "RESTORE_WAIT_S", 0.3)
+    with Vault(url, keys) as vault:
+        vault.status()  # an open connection: a restore cannot own the file
+        with pytest.raises(VaultError) as busy, store.own_vault_file(home / "vault.sqlite"):
+            pass
+        assert busy.value.code == "VAULT_RESTORE_IN_USE"
+    with (
+        store.own_vault_file(home / "vault.sqlite"),
+        Vault(url, keys) as vault,
+        pytest.raises(StoreUnavailable) as waiting,
+    ):
+        vault.status()
+    assert waiting.value.code == "VAULT_RESTORING"
+    assert isinstance(waiting.value, TransientError)  # Airflow retries the task
+    with Vault(url, keys) as vault:
+        assert vault.status().cois_active == 199  # once the restore has ended

@@ -46,6 +46,8 @@ and do appear).
 code                            class                        when
 =============================== ============================ ===============================
 VAULT_STORE_UNAVAILABLE         StoreUnavailable (Transient) database down, locked, dropped
+VAULT_RESTORING                 StoreUnavailable (Transient) a restore held the SQLite file
+                                                             for 30 s (new connections wait)
 VAULT_NOT_INITIALIZED           VaultError                   no vault schema: run init
 VAULT_SCHEMA_OUTDATED           VaultError                   older schema: run init
 VAULT_STORE_CONFLICT            VaultError                   unexpected constraint failure

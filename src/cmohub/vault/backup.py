@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cmohub.errors import ConfigError, VaultError
 from cmohub.lake import fsync_dir
-from cmohub.vault.store import parse_vault_url, sqlite_database
+from cmohub.vault.store import parse_vault_url, sqlite_database, vault_in_use
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _IN_USE_TIMEOUT_S = 2.0
@@ -227,8 +227,10 @@ def take_over(target: Path, restored: Path) -> Replaced:
     then read which of its COIs ``restored`` lacks, and which audit events after it.
 
     Its journal mode is set to DELETE: SQLite allows that only to the one connection a
-    database has, and it folds the write-ahead log into the file, so that the vault moved
-    aside is one self-contained file. Only COIs are read, no identifier.
+    database has (this catches any SQLite client; the caller already holds the file against
+    the vault's own connections, :func:`cmohub.vault.store.own_vault_file`), and it folds the
+    write-ahead log into the file, so that the vault moved aside is one self-contained file.
+    Only COIs are read, no identifier.
     """
     try:
         connection = _open_current(target)
@@ -244,12 +246,7 @@ def take_over(target: Path, restored: Path) -> Replaced:
         except sqlite3.DatabaseError as error:
             return Replaced(None, type(error).__name__)
         if row is None or str(row[0]).lower() != "delete":
-            raise VaultError(
-                "the vault is open in another process (a running DAG, worker or command): "
-                "stop them, then restore",
-                code="VAULT_RESTORE_IN_USE",
-                where=str(target),
-            )
+            raise vault_in_use(target)
         try:
             connection.execute("ATTACH DATABASE ? AS restored", (f"{restored.as_uri()}?mode=ro",))
             lost = connection.execute(

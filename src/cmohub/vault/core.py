@@ -16,7 +16,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -81,6 +81,7 @@ from cmohub.vault.store import (
     check_schema,
     create_vault_engine,
     describe,
+    own_vault_file,
     run_transaction,
     truncate_sqlite_wal,
     upgrade_schema,
@@ -2211,6 +2212,7 @@ class Vault:
         files.copy_backup(source, partial)
         aside: Path | None = None
         moved = False
+        owned = ExitStack()
         try:
             copy = cls(f"sqlite:///{partial}", keys, fin=fin, clock=clock)
             try:
@@ -2223,9 +2225,13 @@ class Vault:
                         code="VAULT_RESTORE_MISMATCH",
                         where=str(target),
                     )
-                # From here on the vault there is changed (its journal mode) only as a restore
-                # would; nothing else happens to it until it is moved aside.
-                replaced = files.take_over(target, partial) if present else None
+                replaced = None
+                if present:
+                    # From here on no vault connection opens the vault there (new ones wait
+                    # until the restored file has its name), and it is changed (its journal
+                    # mode) only as a restore would, until it is moved aside.
+                    owned.enter_context(own_vault_file(target))
+                    replaced = files.take_over(target, partial)
                 stamp = clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
                 details: dict[str, Any] = {"file": source.name, "sha256": sha256}
                 details["events"] = checked.audit_events
@@ -2259,6 +2265,8 @@ class Vault:
                 with suppress(OSError):
                     target.parent.rmdir()  # only if still empty
             raise
+        finally:
+            owned.close()  # waiting connections now open the file that has the vault's name
         log.info("vault restored from a backup (%d audit events)", checked.audit_events)
         return RestoreResult(
             path=str(target),

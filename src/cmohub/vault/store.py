@@ -18,6 +18,11 @@ Concurrency:
 * SQLite: every writing transaction starts with ``BEGIN IMMEDIATE`` (the database's write
   lock is taken before the first read, so a read-then-insert cannot interleave with another
   process); a busy database is waited for up to 30 s, then reported as StoreUnavailable.
+  Each connection also holds a shared ``flock`` on the vault file (:func:`share_vault_file`;
+  SQLite's own locks are ``fcntl`` locks, which ``flock`` does not touch). A restore holds it
+  exclusively (:func:`own_vault_file`) from its in-use check until the restored file has the
+  vault's name, so no connection opens the vault being replaced meanwhile: a new one waits
+  (up to 30 s, then ``VAULT_RESTORING``, Transient) and then opens the restored file.
 * PostgreSQL: new COIs are copied into ``vault_coi`` inside a savepoint; if any row meets a
   unique constraint (another process allocated the same subject and event, or drew the same
   random COI, committed or not: COPY waits for it like an INSERT does), the savepoint is
@@ -38,6 +43,7 @@ exception text or logs, and no plaintext identifier is ever a parameter.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sqlite3
@@ -70,6 +76,8 @@ from cmohub.vault.schema import VERSION_TABLE, metadata
 T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: How long a new SQLite connection waits for a restore to end (then VAULT_RESTORING).
+RESTORE_WAIT_S = SQLITE_BUSY_TIMEOUT_S
 _SQLITE_CHUNK = 30_000  # below SQLite's default limit of 32,766 bound parameters
 _PG_CHUNK = 20_000
 _PG_COPY_FROM = 500  # rows; smaller batches use one INSERT ... SELECT FROM unnest(arrays)
@@ -178,7 +186,88 @@ def create_vault_engine(url: str) -> Engine:
     )
 
 
+def share_vault_file(path: str, *, wait_seconds: float) -> int:
+    """A descriptor of the vault file ``path`` holding a shared ``flock`` on it, taken while
+    no restore owns the file (:func:`own_vault_file`); waits up to ``wait_seconds`` for a
+    restore to end, then StoreUnavailable (``VAULT_RESTORING``). The file is opened again on
+    each try, and the lock kept only if ``path`` still names the locked file: a restore that
+    ends meanwhile has put another file there."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1  # between a restore moving the old vault aside and naming the new one
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held, there = os.fstat(fd), os.stat(path)
+                if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                    return fd
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise StoreUnavailable(
+                f"the vault is being restored (waited {wait_seconds:.0f}s); retry later",
+                code="VAULT_RESTORING",
+                where=path,
+            )
+        time.sleep(0.05)
+
+
+@contextmanager
+def own_vault_file(path: Path) -> Iterator[None]:
+    """Hold the vault file ``path`` exclusively (``flock``) for a block: refused
+    (``VAULT_RESTORE_IN_USE``) while any vault connection has it open; while held, new
+    connections wait (:func:`share_vault_file`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # only a journal is there: no connection can hold it
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise vault_in_use(path) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def vault_in_use(path: Path) -> VaultError:
+    return VaultError(
+        "the vault is open in another process (a running DAG, worker or command): "
+        "stop them, then restore",
+        code="VAULT_RESTORE_IN_USE",
+        where=str(path),
+    )
+
+
 def _configure_sqlite(engine: Engine, *, memory: bool) -> None:
+    if not memory:
+
+        @event.listens_for(engine, "do_connect")
+        def _on_do_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+            fd = share_vault_file(str(engine.url.database), wait_seconds=RESTORE_WAIT_S)
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except BaseException:
+                os.close(fd)
+                raise
+            record.info["cmohub_vault_file"] = fd
+            return connection
+
+        @event.listens_for(engine, "close")
+        def _on_close(_dbapi_connection: Any, record: Any) -> None:
+            fd = record.info.pop("cmohub_vault_file", None)
+            if fd is not None:
+                os.close(fd)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Autocommit at the driver level: transactions are begun explicitly below, so that a
