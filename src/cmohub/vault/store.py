@@ -189,27 +189,9 @@ def create_vault_engine(url: str) -> Engine:
 def share_vault_file(path: str, *, wait_seconds: float) -> int:
     """A descriptor of the vault file ``path`` holding a shared ``flock`` on it, taken while
     no restore owns the file (:func:`own_vault_file`); waits up to ``wait_seconds`` for a
-    restore to end, then StoreUnavailable (``VAULT_RESTORING``). The file is opened again on
-    each try, and the lock kept only if ``path`` still names the locked file: a restore that
-    ends meanwhile has put another file there."""
+    restore to end, then StoreUnavailable (``VAULT_RESTORING``)."""
     deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1  # between a restore moving the old vault aside and naming the new one
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                held, there = os.fstat(fd), os.stat(path)
-                if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
-                    return fd
-            except (BlockingIOError, FileNotFoundError):
-                pass
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+    while (fd := _try_share(path)) is None:
         if time.monotonic() >= deadline:
             raise StoreUnavailable(
                 f"the vault is being restored (waited {wait_seconds:.0f}s); retry later",
@@ -217,6 +199,28 @@ def share_vault_file(path: str, *, wait_seconds: float) -> int:
                 where=path,
             )
         time.sleep(0.05)
+    return fd
+
+
+def _try_share(path: str) -> int | None:
+    """One try of :func:`share_vault_file`: None while a restore owns the file, or between
+    its moving the old vault aside and naming the new one. The lock is kept only if ``path``
+    still names the locked file (a restore that ended meanwhile has put another there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    kept = False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        held, there = os.fstat(fd), os.stat(path)
+        kept = (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    finally:
+        if not kept:
+            os.close(fd)
+    return fd if kept else None
 
 
 @contextmanager
