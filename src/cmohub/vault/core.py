@@ -89,6 +89,10 @@ from cmohub.vault.store import (
 
 log = get_logger("cmohub.vault")
 
+# The purposes backups and restores are recorded with: what `status` finds them by.
+_BACKUP_PURPOSE = "database backup"
+_RESTORE_PURPOSE = "restore from backup"
+
 DEFAULT_FIN = "A9999"
 #: Values sealed under one data key before the vault starts a new one (far below 2**32).
 DATA_KEY_LIMIT = 2**24
@@ -2096,7 +2100,7 @@ class Vault:
             )
         target = Path(os.path.abspath(path))
         backup.check_target(target)
-        event = self._event("export", actor, purpose="database backup", file=target.name)
+        event = self._event("export", actor, purpose=_BACKUP_PURPOSE, file=target.name)
         self._audit_alone([event])
         made = self.checkpoint()
         partial = backup.partial_path(target)
@@ -2245,7 +2249,7 @@ class Vault:
                 if lacks is not None:
                     details["witness_lacks"] = lacks
                 copy._audit_alone(
-                    [copy._event("restore", actor, purpose="restore from backup", **details)]
+                    [copy._event("restore", actor, purpose=_RESTORE_PURPOSE, **details)]
                 )
                 made = copy.checkpoint()
             finally:
@@ -2332,8 +2336,8 @@ class Vault:
             aliases = connection.exec_driver_sql("SELECT COUNT(*) FROM vault_alias").scalar_one()
             events = connection.exec_driver_sql("SELECT COUNT(*) FROM vault_audit").scalar_one()
             checkpoints = self._checkpoints(connection, active.vault_id)
-            last_backup = self._last_event(connection, "export", "database backup")
-            last_restore = self._last_event(connection, "restore", "restore from backup")
+            last_backup = self._last_event(connection, "export", _BACKUP_PURPOSE)
+            last_restore = self._last_event(connection, "restore", _RESTORE_PURPOSE)
             revision = connection.exec_driver_sql(
                 "SELECT version_num FROM vault_alembic_version"
             ).scalar_one()
