@@ -14,19 +14,19 @@ inside the vault; no COI changes. Results are small dicts for XCom — never ide
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from cmohub.errors import VaultError
+from cmohub.log import get_logger
 from cmohub.pipelines.context import RunContext
-from cmohub.vault import KeyProvider, KeyPurpose, key_provider_for, open_vault
+from cmohub.vault import KeyProvider, KeyPurpose, open_vault
 from cmohub.vault.backup import needed_keys, vault_file
 from cmohub.vault.store import Backend
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The daily backups' names: the only files this task ever removes.
 BACKUP_NAME = re.compile(r"vault-\d{4}-\d{2}-\d{2}\.sqlite")
@@ -68,6 +68,7 @@ def back_up(context: RunContext) -> dict[str, Any]:
     folder = context.settings.vault_backups
     target = folder / f"vault-{context.day.isoformat()}.sqlite"
     vault = open_vault(context.settings)
+    keys = vault.key_provider
     try:
         if vault.backend is not Backend.SQLITE:
             return {"backup": None, "reason": "PostgreSQL: backed up with its own tools"}
@@ -78,7 +79,7 @@ def back_up(context: RunContext) -> dict[str, Any]:
     finally:
         vault.close()
     removed = _prune(folder, keep)
-    unrestorable = _unrestorable(folder, key_provider_for(context.settings))
+    unrestorable = _unrestorable(folder, keys)
     same_disk = _same_disk(folder, vault_file(context.settings.vault_database_url))
     if same_disk:
         log.warning(
