@@ -239,14 +239,18 @@ def _feed_view(text: str) -> Any:
             continue
         key = _TOP_LEVEL_KEY.match(line)
         if key is None:
-            return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
+            return _load_yaml(text)
         keep = key.group(1) in _FEED_KEYS
         if keep:
             kept.append(line)
     try:
-        return yaml.load("".join(kept), Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
+        return _load_yaml("".join(kept))
     except yaml.YAMLError:
-        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
+        return _load_yaml(text)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
 
 
 def _iter_documents(root: Path | Traversable) -> Iterable[tuple[str, Any]]:
